@@ -1,0 +1,136 @@
+"""Momentum as an ODE, SGD as an SDE (https://kexue.fm/archives/5655): optax equality, order, variance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kexue_jax import optim as ko
+
+A_DIAG = np.array([1.0, 10.0, 100.0])
+
+
+def _run_optax(opt, theta0, steps):
+  grad = lambda th: jnp.asarray(A_DIAG) * th  # noqa: E731
+  th, s = theta0, opt.init(theta0)
+  out = []
+  for _ in range(steps):
+    u, s = opt.update(grad(th), s, th)
+    th = th + u
+    out.append(np.asarray(th))
+  return np.stack(out)
+
+
+def test_leapfrog_equals_optax_sgd_momentum_for_200_steps():
+  # Su's staggered scheme in (θ, η) variables, NumPy, vs heavy_ball_ode and optax.sgd(α, β).
+  gamma, lam = 0.05, 2.0
+  alpha, beta = ko.momentum_coefficients(gamma, lam, "leapfrog")
+  assert alpha == pytest.approx(0.00238095238, rel=1e-9) and beta == pytest.approx(0.9047619048, rel=1e-9)
+  theta = np.array([1.0, -1.0, 0.5])
+  eta = np.zeros(3)
+  ref = []
+  for _ in range(200):
+    eta = ((1 - lam * gamma / 2) * eta - gamma * A_DIAG * theta) / (1 + lam * gamma / 2)
+    theta = theta + gamma * eta
+    ref.append(theta)
+  ref = np.stack(ref)
+  with jax.enable_x64(True):
+    th0 = jnp.array([1.0, -1.0, 0.5])
+    got = _run_optax(ko.heavy_ball_ode(gamma, lam), th0, 200)
+    plain = _run_optax(optax.sgd(alpha, momentum=beta), th0, 200)
+  assert np.max(np.abs(got - ref)) < 1e-12
+  assert np.max(np.abs(plain - ref)) < 1e-12
+
+
+def test_nesterov_schemes_match_their_direct_iterations():
+  gamma, lam = 0.05, 2.0
+  alpha, beta = ko.momentum_coefficients(gamma, lam, "nesterov")
+  grad = lambda th: A_DIAG * th  # noqa: E731
+  with jax.enable_x64(True):
+    th0 = jnp.array([1.0, -1.0, 0.5])
+    for shift, opt in [(beta, ko.heavy_ball_ode(gamma, lam, "nesterov")),
+                       (beta / 2, ko.heavy_ball_ode(gamma, lam, "nesterov_midpoint")),
+                       (beta, ko.scale_by_shifted_momentum(alpha, beta, beta))]:
+      # Direct form: v' = βv − α∇L(θ + c v), θ' = θ + v'; optax runs on Θ = θ + c v.
+      theta, v = np.array([1.0, -1.0, 0.5]), np.zeros(3)
+      big = []
+      for _ in range(100):
+        v = beta * v - alpha * grad(theta + shift * v)
+        theta = theta + v
+        big.append(theta + shift * v)
+      got = _run_optax(opt, th0, 100)
+      assert np.max(np.abs(got - np.stack(big))) < 1e-12
+    # The standard Θ form is optax's Nesterov, step for step.
+    a = _run_optax(ko.scale_by_shifted_momentum(alpha, beta, beta), th0, 100)
+    b = _run_optax(optax.sgd(alpha, momentum=beta, nesterov=True), th0, 100)
+    assert np.max(np.abs(a - b)) < 1e-12
+
+
+def test_leapfrog_is_second_order_and_euler_first_order():
+  # ẍ + 0.5ẋ + x = 0, x(0)=1, v(0)=0, T=5; errors vs the matrix exponential.
+  with jax.enable_x64(True):
+    exact = ko.damped_oscillator_exact(1.0, 0.0, friction=0.5, stiffness=1.0, t=5.0)
+    errs = {}
+    for scheme in ("leapfrog", "euler"):
+      errs[scheme] = [abs(float(ko.integrate_damped_oscillator(
+          lambda x: x, jnp.array(1.0), jnp.array(0.0), dt=h, friction=0.5, num_steps=int(round(5 / h)),
+          scheme=scheme)) - exact) for h in (0.1, 0.05, 0.025)]
+  lf, eu = errs["leapfrog"], errs["euler"]
+  assert lf[0] == pytest.approx(1.05e-3, rel=0.05)  # spec §3.4 [proto] 1.05e-3
+  for e0, e1 in zip(lf, lf[1:]):
+    assert 3.8 < e0 / e1 < 4.2
+  for e0, e1 in zip(eu, eu[1:]):
+    assert 1.8 < e0 / e1 < 2.2
+
+
+def test_inverse_maps_and_beta_rule():
+  for scheme in ("leapfrog", "symplectic_euler"):
+    a, b = ko.momentum_coefficients(0.07, 1.3, scheme)
+    dt, lam = ko.ode_from_momentum(a, b, scheme)
+    assert dt == pytest.approx(0.07, rel=1e-12) and lam == pytest.approx(1.3, rel=1e-12)
+  assert ko.beta_for_new_lr(0.9, 0.1) == pytest.approx(0.96837722, rel=1e-8)  # article: ≈ 0.968
+  # Exact leapfrog re-tuning at fixed friction agrees with the rule to first order in (1 − β).
+  gaps = []
+  for beta in (0.9, 0.99, 0.999):
+    alpha, r = 0.01, 0.1
+    _, lam = ko.ode_from_momentum(alpha, beta)
+    # γ' with γ'²/(1 + λγ'/2) = rα at the same friction (a quadratic in γ').
+    c = r * alpha * lam / 2
+    dt_new = (c + (c * c + 4 * r * alpha) ** 0.5) / 2
+    lr_new, beta_exact = ko.momentum_coefficients(dt_new, lam)
+    assert lr_new == pytest.approx(r * alpha, rel=1e-12)
+    gaps.append(abs(beta_exact - ko.beta_for_new_lr(beta, r)))
+  assert gaps[0] < 0.01 and gaps[1] < gaps[0] / 50 and gaps[2] < gaps[1] / 50  # O((1 − β)²)
+  sched = ko.momentum_schedule(optax.exponential_decay(0.1, 10, 0.1), 0.9)
+  assert float(sched(10)) == pytest.approx(0.96837722, rel=1e-6)
+
+
+def test_sgd_sde_stationary_variance_matches_corrected_formula():
+  lr, sigma, k = 0.1, 1.0, 1.0
+  exact = ko.sgd_stationary_variance(lr, sigma, k)
+  assert exact == pytest.approx(0.1 / 1.9)
+  theta = ko.simulate_sgd_sde(jax.random.key(0), lambda th: k * th, jnp.zeros(200_000),
+                              learning_rate=lr, noise_std=sigma, num_steps=300)
+  var = float(jnp.var(theta))
+  assert abs(var / exact - 1) < 0.02
+  assert abs(var / (sigma ** 2 * lr / k) - 1) > 0.4  # the article's exp(−L/(γσ²)) law is 2× off
+
+
+BAD = [
+    (lambda: ko.momentum_coefficients(0.0, 1.0), "`dt` must be a finite number > 0.0; got 0.0"),
+    (lambda: ko.momentum_coefficients(0.1, -1.0), "`friction` must be a finite number >= 0.0; got -1.0"),
+    (lambda: ko.momentum_coefficients(0.1, float("nan")), "`friction` must be a finite"),
+    (lambda: ko.momentum_coefficients(0.1, 1.0, "rk4"), r"`scheme` must be one of \('leapfrog'"),
+    (lambda: ko.heavy_ball_ode(1.0, 5.0, "symplectic_euler"), "`friction` must give momentum in"),
+    (lambda: ko.ode_from_momentum(0.1, 1.5), "`momentum` must be a finite number > -1.0 and <= 1.0"),
+    (lambda: ko.beta_for_new_lr(0.9, -0.1), "`ratio` must be a finite number >= 0.0; got -0.1"),
+    (lambda: ko.sgd_stationary_variance(3.0, 1.0, 1.0), "`learning_rate` must be < 2/curvature"),
+    (lambda: ko.integrate_damped_oscillator(lambda x: x, jnp.ones(()), jnp.ones(()), dt=0.1,
+                                            friction=0.1, num_steps=0), "`num_steps` must be a positive int"),
+]
+
+
+@pytest.mark.parametrize("build,message", BAD)
+def test_bad_inputs(build, message):
+  with pytest.raises(ValueError, match=message):
+    build()
