@@ -161,3 +161,24 @@ def test_train_and_evaluate_learns_and_writes_results(tmp_path):
     assert results["test/accuracy"] > 0.8, results
     assert os.path.exists(tmp_path / "results.json") and os.path.exists(tmp_path / "metrics.jsonl")
     assert os.path.exists(tmp_path / "train_loss.png")
+
+
+def test_metrics_are_fetched_at_least_every_16_steps_even_when_logging_is_rare(tmp_path, monkeypatch):
+    """The guard against the XLA:CPU multi-device deadlock (spec/environment.md §2.4): dispatching more
+    than ~32 steps with collectives without blocking aborts the process, so the trainer must block on
+    its metrics every <= 16 steps whatever `log_every` says. (In our loop the per-step host->device batch
+    transfer also throttles dispatch, so an 8-device run cannot show the hang reliably; the mechanism is
+    what this test pins down.)"""
+    fetched = []
+    real_device_get = jax.device_get
+
+    def spy(x):
+        if isinstance(x, list):
+            fetched.append(len(x))
+        return real_device_get(x)
+
+    monkeypatch.setattr(train.jax, "device_get", spy)
+    config = tiny_config.get_config()
+    config.num_steps, config.log_every, config.checkpoint_every, config.evaluate = 50, 1000, 1000, None
+    train.train_and_evaluate(config, str(tmp_path))
+    assert sum(fetched) == 50 and max(fetched) <= train.MAX_STEPS_WITHOUT_SYNC == 16, fetched
