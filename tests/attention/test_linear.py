@@ -1,0 +1,124 @@
+"""Linear attention: the O(n) form equals the explicit normalised quadratic form and the chunked causal
+form equals the masked quadratic form (1e-6, float32 vs a float64 reference) for every feature map and
+chunk size; per-query positive rescaling is invisible; rank ≤ m; memory grows linearly in n."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kexue_jax.attention import linear_attention, linear_attention_from_features
+from kexue_jax.attention.linear import FEATURE_MAPS, default_chunk_size
+
+_PHI = {"elu_plus_one": lambda x: np.where(x > 0, x + 1, np.exp(x)), "exp": np.exp,
+        "relu": lambda x: np.maximum(x, 0)}
+
+
+def _quadratic(phi_q, phi_k, v, causal, key_mask=None):
+    """o = (A V) / (A 1) with A = φ(Q)φ(K)ᵀ, masked; float64; 0 where the denominator is 0."""
+    a = np.einsum("bthm,bshm->bhts", phi_q, phi_k)
+    if causal:
+        a = a * np.tril(np.ones(a.shape[-2:]))[None, None]
+    if key_mask is not None:
+        a = a * key_mask[:, None, None, :]
+    num = np.einsum("bhts,bshe->bthe", a, v)
+    den = np.swapaxes(a.sum(-1), 1, 2)[..., None]
+    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+
+
+def _data(seed=0, t=8, m=6, e=5):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(2, t, 3, m)).astype(np.float32), rng.normal(size=(2, t, 3, m)).astype(np.float32),
+            rng.normal(size=(2, t, 3, e)).astype(np.float32))
+
+
+@pytest.mark.parametrize("feature_map", FEATURE_MAPS)
+def test_linear_forms_equal_quadratic_forms_for_every_chunk_size(feature_map):
+    q, k, v = _data()
+    phi = _PHI[feature_map]
+    f64 = lambda a: np.asarray(a, np.float64)
+    ref_bi = _quadratic(phi(f64(q)), phi(f64(k)), f64(v), causal=False)
+    ref_causal = _quadratic(phi(f64(q)), phi(f64(k)), f64(v), causal=True)
+    np.testing.assert_allclose(linear_attention(q, k, v, feature_map=feature_map), ref_bi, rtol=1e-6, atol=1e-6)
+    for chunk in (1, 2, 4, 8):
+        out = linear_attention(q, k, v, feature_map=feature_map, causal=True, chunk_size=chunk)
+        np.testing.assert_allclose(out, ref_causal, rtol=1e-6, atol=1e-6, err_msg=f"chunk {chunk}")
+
+
+def test_causal_gradients_equal_the_masked_quadratic_form():
+    q, k, v = _data(1, t=6)
+
+    def quadratic(q, k, v):
+        a = jnp.einsum("bthm,bshm->bhts", jnp.exp(q), jnp.exp(k)) * jnp.tril(jnp.ones((1, 1, 6, 6)))
+        return jnp.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
+
+    loss = lambda f: lambda *a: jnp.sum(jnp.cos(f(*a)))
+    g_lin = jax.grad(loss(lambda *a: linear_attention(*a, feature_map="exp", causal=True, chunk_size=2)),
+                     argnums=(0, 1, 2))(q, k, v)
+    g_ref = jax.grad(loss(quadratic), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_lin, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_positive_per_query_rescaling_leaves_the_output_unchanged(causal):
+    q, k, v = _data(2)
+    phi_q, phi_k = jnp.exp(q), jnp.exp(k)
+    c = jnp.exp(3 * jax.random.normal(jax.random.key(0), phi_q.shape[:3] + (1,)))  # c_i > 0, spread e^{±9}
+    base = linear_attention_from_features(phi_q, phi_k, v, causal=causal)
+    np.testing.assert_allclose(linear_attention_from_features(phi_q * c, phi_k, v, causal=causal), base,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(linear_attention_from_features(phi_q, 7.0 * phi_k, v, causal=causal), base,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("feature_map", ["exp", "elu_plus_one"])
+def test_key_mask_equals_masked_quadratic_form_and_ignores_huge_padded_keys(feature_map):
+    q, k, v = _data(3)
+    key_mask = np.arange(8)[None, :] < np.array([[5], [8]])
+    k = np.where(key_mask[:, :, None, None], k, 80.0).astype(np.float32)  # exp(80) would swamp f32
+    phi = _PHI[feature_map]
+    ref = _quadratic(phi(q.astype(np.float64)), phi(k.astype(np.float64)), v.astype(np.float64), False, key_mask)
+    out = linear_attention(q, k, v, feature_map=feature_map, key_mask=jnp.asarray(key_mask))
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rank_is_at_most_m_while_softmax_is_full_rank():
+    rng = np.random.default_rng(4)
+    n, d = 32, 4
+    q, k = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    assert np.linalg.matrix_rank(np.exp(q @ k.T)) == n
+    assert np.linalg.matrix_rank(_PHI["elu_plus_one"](q) @ _PHI["elu_plus_one"](k).T) <= d
+    assert np.linalg.matrix_rank(np.exp(q) @ np.exp(k).T) <= d
+
+
+def test_causal_memory_grows_linearly_in_length():
+    def temp_bytes(t):
+        shapes = [jax.ShapeDtypeStruct((1, t, 1, 16), jnp.float32)] * 3
+        fn = jax.jit(lambda q, k, v: linear_attention(q, k, v, causal=True, chunk_size=32))
+        stats = fn.lower(*shapes).compile().memory_analysis()
+        if stats is None:
+            pytest.skip("this backend reports no memory analysis")
+        return stats.temp_size_in_bytes + stats.output_size_in_bytes
+    small, large = temp_bytes(1024), temp_bytes(4096)
+    assert large / small < 4.5  # quadratic would be 16x
+
+
+def test_default_chunk_size():
+    assert default_chunk_size(96) == 48 and default_chunk_size(64) == 64 and default_chunk_size(97) == 1
+
+
+_X = jnp.zeros((2, 6, 3, 4))
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((_X, _X, _X), dict(causal=True, chunk_size=4), r"`chunk_size` must be a positive int dividing the length 6"),
+    ((_X, _X, _X), dict(chunk_size=2), r"`chunk_size` must be None when causal=False"),
+    ((_X, _X, _X), dict(feature_map="softplus"), r"`feature_map` must be one of"),
+    ((_X, jnp.zeros((2, 6, 3, 5)), _X), {}, r"`k` must have the head dim of `q` \(4\)"),
+    ((_X, jnp.zeros((2, 7, 3, 4)), jnp.zeros((2, 7, 3, 4))), dict(causal=True), r"`k` must have the length of `q`"),
+    ((_X, _X, _X), dict(key_mask=jnp.ones((2, 5), bool)), r"`key_mask` must be a boolean array of shape"),
+    ((_X[0], _X, _X), {}, r"`q` must have rank 4"),
+])
+def test_bad_inputs(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        linear_attention(*args, **kwargs)

@@ -1,0 +1,146 @@
+"""FAVOR+: E[q̃·k̃] = e^{q·k} and the relative MSE equals the closed form (e^{‖q+k‖²} − 1)/m (slope −1);
+orthogonal blocks are orthogonal, sign-corrected (Haar) and chi-scaled; the stabilisers cancel; the
+google-research unit-test thresholds hold."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from kexue_jax.attention import (attention, performer_attention, performer_features, performer_projection,
+                                 performer_redraw_key)
+
+
+def _kernel_estimates(q, k, m, draws, orthogonal, seed=0):
+    """q̃·k̃ for `draws` independent projections with the bare (unbiased) features; float64."""
+    keys = jax.random.split(jax.random.key(seed), draws)
+    proj = jax.vmap(lambda key: performer_projection(key, m, q.shape[-1], orthogonal=orthogonal,
+                                                     dtype=jnp.float64))(keys)  # [draws, m, d]
+    feat = lambda x, p: performer_features(x[None, None, None], p, is_query=True, eps=0.0, normalize=False,
+                                           stabilize=False)[0, 0, 0]  # [m]
+    return jax.vmap(lambda p: jnp.dot(feat(q, p), feat(k, p)))(proj)  # [draws]
+
+
+def test_unbiased_and_relative_mse_matches_closed_form_with_slope_minus_one():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        d = 8
+        q = rng.normal(size=d)
+        q *= 0.35 / np.linalg.norm(q)
+        k = rng.normal(size=d)
+        k *= 0.35 / np.linalg.norm(k)
+        q, k = jnp.asarray(q), jnp.asarray(k)
+        exact = float(jnp.exp(q @ k))
+        rel_var = float(jnp.expm1(jnp.sum((q + k) ** 2)))  # per-feature relative variance, closed form
+        draws, ms, mses = 4000, (2, 8, 32), []
+        for m in ms:
+            ratio = np.asarray(_kernel_estimates(q, k, m, draws, orthogonal=False, seed=m)) / exact
+            mse = float(np.mean((ratio - 1) ** 2))
+            np.testing.assert_allclose(mse, rel_var / m, rtol=0.15)
+            assert abs(ratio.mean() - 1) < 4 * np.sqrt(rel_var / (m * draws))  # unbiased within 4 s.e.
+            mses.append(mse)
+        slope = np.polyfit(np.log(ms), np.log(mses), 1)[0]
+        assert -1.1 < slope < -0.9
+        ratio_orth = np.asarray(_kernel_estimates(q, k, 8, draws, orthogonal=True, seed=99)) / exact
+        assert abs(ratio_orth.mean() - 1) < 4 * np.sqrt(rel_var / (8 * draws))  # orthogonal: still unbiased
+
+
+def test_orthogonal_projection_blocks_norms_and_haar_signs():
+    d, m = 6, 15  # two full blocks and a partial one
+    proj = performer_projection(jax.random.key(1), m, d)
+    directions = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
+    for block in (directions[:6], directions[6:12], directions[12:]):
+        np.testing.assert_allclose(block @ block.T, np.eye(block.shape[0]), atol=1e-5)
+    fixed = performer_projection(jax.random.key(1), m, d, scaling="sqrt_dim")
+    np.testing.assert_allclose(jnp.linalg.norm(fixed, axis=-1), np.sqrt(d), rtol=1e-5)
+    many = jax.vmap(lambda key: performer_projection(key, d, d))(jax.random.split(jax.random.key(2), 400))
+    norms = np.asarray(jnp.linalg.norm(many, axis=-1)).ravel()
+    assert stats.kstest(norms, stats.chi(d).cdf).pvalue > 1e-3  # row norms ~ chi(d)
+    first = np.asarray(many[:, 0, 0] / jnp.linalg.norm(many[:, 0], axis=-1))
+    assert stats.binomtest(int(np.sum(first > 0)), first.size).pvalue > 1e-3  # symmetric, as for Haar
+    assert stats.kstest(first ** 2, stats.beta(0.5, (d - 1) / 2).cdf).pvalue > 1e-3
+    # negative control: uncorrected QR fixes the sign of Q[0, 0], so its directions are not Haar
+    q_plain = jnp.linalg.qr(jax.random.normal(jax.random.key(3), (400, d, d)))[0]
+    assert np.all(np.asarray(q_plain[:, 0, 0]) > 0) or np.all(np.asarray(q_plain[:, 0, 0]) < 0)
+
+
+def test_stabilisers_keep_features_positive_and_cancel_in_the_output():
+    rng = np.random.default_rng(4)
+    q = jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(2, 5, 2, 3)), jnp.float32)
+    proj = performer_projection(jax.random.key(5), 32, 8)
+    feats = lambda x, is_query, stab: performer_features(x, proj, is_query=is_query, eps=0.0, stabilize=stab)
+    plain = jnp.einsum("bthm,bshm->bhts", feats(q, True, False), feats(k, False, False))
+    stab = jnp.einsum("bthm,bshm->bhts", feats(q, True, True), feats(k, False, True))
+    # the shifts are a positive factor per query row and per (batch, head): row-normalised weights agree
+    np.testing.assert_allclose(stab / stab.sum(-1, keepdims=True), plain / plain.sum(-1, keepdims=True),
+                               rtol=1e-5, atol=1e-7)
+    big = performer_features(30 * q, proj, is_query=True, eps=0.0)
+    np.testing.assert_allclose(jnp.max(big, axis=-1), 32 ** -0.5, rtol=1e-6)  # largest feature is exactly 1/√m
+    big_keys = performer_features(30 * k, proj, is_query=False)
+    assert np.all(np.isfinite(big_keys)) and np.all(np.asarray(big_keys) > 0)
+    naive = performer_features(30 * q, proj, is_query=True, eps=0.0, stabilize=False)
+    assert np.all(np.asarray(naive) == 0)  # negative control: without the shift e^{−‖q‖²/2} underflows to 0
+
+
+def test_causal_performer_equals_masked_quadratic_form_of_its_features():
+    rng = np.random.default_rng(6)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 8, 2, 4)), jnp.float32) for _ in range(3))
+    proj = performer_projection(jax.random.key(7), 16, 4)
+    fq = performer_features(q, proj, is_query=True)
+    fk = performer_features(k, proj, is_query=False)
+    a = jnp.einsum("bthm,bshm->bhts", fq, fk) * jnp.tril(jnp.ones((1, 1, 8, 8)))
+    ref = jnp.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
+    np.testing.assert_allclose(performer_attention(q, k, v, projection=proj, causal=True, chunk_size=4), ref,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_google_unit_test_thresholds():
+    # fast_attention_test.py: q = k (same key), d = 8, v dim 10, length 2, 10,000 features, no stabiliser.
+    q = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 1, 8))
+    v = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 1, 10))
+    exact = attention(q, q, v, implementation="einsum")
+    keys = jax.random.split(jax.random.key(8), 12)
+    rel = jax.jit(jax.vmap(lambda key, orthogonal: jnp.max(jnp.abs(
+        (exact - performer_attention(q, q, v, key=key, num_features=10000, orthogonal=orthogonal, eps=0.0))
+        / exact)), in_axes=(0, None)), static_argnums=1)
+    iid, ortho = np.asarray(rel(keys, False)), np.asarray(rel(keys, True))
+    # Google asserts one fixed draw (of sin/cos features); positive features with q = k are heavy-tailed,
+    # so a single draw exceeds 0.33 about one time in ten: assert the median draw.
+    assert np.median(iid) < 0.33
+    assert max(ortho) < 2.0
+    # causal toy: q = k = 1, v = e_1 at the first step -> 1, 1/2, 1/3 (error < 0.02)
+    ones, value = jnp.ones((1, 3, 1, 1)), jnp.zeros((1, 3, 1, 1)).at[0, 0, 0, 0].set(1.0)
+    for orthogonal in (False, True):
+        out = performer_attention(ones, ones, value, key=keys[0], num_features=10000, orthogonal=orthogonal,
+                                  causal=True, eps=0.0)
+        np.testing.assert_allclose(out[0, :, 0, 0], [1.0, 0.5, 1 / 3], atol=0.02)
+
+
+def test_redraw_key_is_constant_within_a_period():
+    base = jax.random.key(9)
+    data = lambda key: jax.random.key_data(performer_redraw_key(base, key, redraw_every=10))
+    np.testing.assert_array_equal(data(0), data(9))
+    assert not np.array_equal(data(9), data(10))
+    np.testing.assert_array_equal(data(10), jax.random.key_data(jax.random.fold_in(base, 1)))
+
+
+_X = jnp.zeros((1, 4, 2, 8))
+
+
+@pytest.mark.parametrize("fn, args, kwargs, match", [
+    (performer_projection, (jax.random.key(0), 0, 4), {}, r"`num_features` must be a positive int; got 0"),
+    (performer_projection, (jax.random.key(0), 4, 4), dict(scaling="unit"), r"`scaling` must be one of"),
+    (performer_features, (_X, jnp.zeros((16, 7))), dict(is_query=True), r"`projection` must have shape \[m, 8\]"),
+    (performer_features, (_X, jnp.zeros((16, 8))), dict(is_query=True, eps=-1.0), r"`eps` must be >= 0"),
+    (performer_attention, (_X, _X, _X), {}, r"`key` or `projection` must be given"),
+    (performer_attention, (_X, jnp.zeros((1, 4, 2, 6)), _X), dict(key=jax.random.key(0)),
+     r"`k` must have the head dim of `q` \(8\)"),
+    (performer_attention, (_X, _X, _X), dict(key=jax.random.key(0), causal=True, chunk_size=3),
+     r"`chunk_size` must be a positive int dividing the length 4"),
+    (performer_redraw_key, (jax.random.key(0), 3), dict(redraw_every=0), r"`redraw_every` must be a positive int"),
+])
+def test_bad_inputs(fn, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fn(*args, **kwargs)
