@@ -130,6 +130,8 @@ def validate_train_config(config: Any, *, num_devices: int) -> dict[str, Callabl
         "optimizer": import_object(config.optimizer, key="optimizer"),
     }
     require(callable(resolved["model"]), "model", "a callable (an nnx.Module class or factory)", config.model)
+    if config.get("data_init"):
+        import_object(config.data_init, key="data_init")
     if config.get("evaluate"):
         resolved["evaluate"] = import_object(config.evaluate, key="evaluate")
     return resolved

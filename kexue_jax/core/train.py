@@ -20,7 +20,9 @@ Config keys read here (all set explicitly in each experiment config):
   warmup_steps, grad_clip_norm (optional), batch_size (global), num_steps, mesh ({'data': -1}),
   log_every (50), checkpoint_every (num_steps), keep_checkpoints (2), eval_every (0: only at the end),
   ema_decay (optional), evaluate (optional import path of evaluate(model, dataset, *, key, config,
-  workdir) -> dict), distributed (False).
+  workdir) -> dict), data_init (optional import path of data_init(model, batch, *, key) -> None that
+  sets parameters from the first batch, e.g. ActNorm; run once on a fresh start, never on resume),
+  distributed (False).
 """
 from __future__ import annotations
 
@@ -158,6 +160,24 @@ def init_state(model_factory: Callable[..., Any], model_kwargs: dict, tx: optax.
     return graphdef, state, shardings
 
 
+def apply_data_init(data_init: Callable[..., None], graphdef: Any, state: TrainState, batch: Any,
+                    tx: optax.GradientTransformation, shardings: TrainState, *, key: jax.Array) -> TrainState:
+    """Runs `data_init(model, batch, *, key)` once (jitted, sharded) and rebuilds the optimizer state.
+
+    Data-dependent initialisation (ActNorm in Glow) sets parameters from statistics of a real batch; the
+    optimizer state is re-initialised from the new parameters so no optimizer sees the random init.
+    """
+
+    def init(state, batch):
+        model = merge_model(graphdef, state.params, state.model_state)
+        data_init(model, batch, key=key)
+        _, params, model_state = nnx.split(model, nnx.Param, ...)
+        ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+        return TrainState(state.step, params, tx.init(params), model_state, ema)
+
+    return jax.jit(init, out_shardings=shardings)(state, batch)
+
+
 def state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
     """Params, optimizer state and EMA follow the parameter rules; step and model state replicate."""
     rep = sharding_lib.replicated(mesh)
@@ -228,14 +248,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          max_to_keep=config.get("keep_checkpoints", 2))
     start = checkpointer.latest_step()
+    base_key = jax.random.key(config.seed)
+    batch_put = sharding_lib.batch_sharding(mesh)
     if start is not None:
         state = checkpointer.restore(ckpt_lib.abstract_like(state, shardings), start)
         print(f"[kexue_jax] resumed from step {start} in {workdir}", flush=True)
+    elif config.get("data_init"):
+        data_init = config_lib.import_object(config.data_init, key="data_init")
+        first = sharding_lib.put_batch(train_ds.batch(batch_indices(0, len(train_ds), config.batch_size,
+                                                                    config.seed)), batch_put)
+        state = apply_data_init(data_init, graphdef, state, first, tx, shardings,
+                                key=jax.random.fold_in(base_key, -1 % 2 ** 31))
     start = int(start or 0)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-
-    base_key = jax.random.key(config.seed)
-    batch_put = sharding_lib.batch_sharding(mesh)
     num_steps = int(config.num_steps)
     log_every = int(config.get("log_every", 50))
     ckpt_every = int(config.get("checkpoint_every") or num_steps)

@@ -182,3 +182,32 @@ def test_metrics_are_fetched_at_least_every_16_steps_even_when_logging_is_rare(t
     config.num_steps, config.log_every, config.checkpoint_every, config.evaluate = 50, 1000, 1000, None
     train.train_and_evaluate(config, str(tmp_path))
     assert sum(fetched) == 50 and max(fetched) <= train.MAX_STEPS_WITHOUT_SYNC == 16, fetched
+
+
+def test_data_init_sets_params_from_the_batch_and_reinitialises_the_optimizer():
+    from tests.core.fixtures import mean_bias_data_init
+
+    tx = optax.adam(1e-2)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    factory = lambda rngs: _tiny_model()  # noqa: E731
+    graphdef, state, shardings = train.init_state(factory, {}, tx, seed=0, mesh=mesh)
+    batch = _batch()
+    new = train.apply_data_init(mean_bias_data_init, graphdef, state, batch, tx, shardings, key=jax.random.key(0))
+    model = train.merge_model(graphdef, new.params, new.model_state)
+    np.testing.assert_allclose(np.asarray(model(batch["image"])).mean(0), 0.0, atol=1e-5)
+    jax.tree.map(np.testing.assert_array_equal, new.opt_state, tx.init(new.params))
+    assert not np.allclose(new.params["mlp"]["layers"][1]["bias"][...], state.params["mlp"]["layers"][1]["bias"][...])
+
+
+def test_data_init_runs_on_a_fresh_start_only(tmp_path):
+    config = tiny_config.get_config()
+    config.data_init = "tests.core.fixtures.mean_bias_data_init"
+    config.log_every, config.checkpoint_every = 1, 1
+    config.num_steps = 4
+    straight = train.train_and_evaluate(config, str(tmp_path / "a"))
+    config.num_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+    config.num_steps = 4
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))  # would differ if the init re-ran
+    assert resumed["train/loss"] == straight["train/loss"]
+    assert resumed["test/loss"] == straight["test/loss"]
