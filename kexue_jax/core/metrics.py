@@ -46,7 +46,7 @@ class MetricWriter:
 
 
 class Progress:
-    """A tqdm bar over steps (steps/s and ETA come from tqdm); silent when disabled or not a TTY-less CI."""
+    """A tqdm bar over steps (tqdm shows steps/s and the ETA); `enabled=False` or TQDM_DISABLE=1 silences it."""
 
     def __init__(self, total: int, initial: int = 0, *, desc: str = "train", enabled: bool = True):
         from tqdm.auto import tqdm

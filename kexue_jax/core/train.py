@@ -49,6 +49,9 @@ __all__ = ["TrainState", "NonFiniteError", "make_train_step", "make_optimizer", 
 # Fetch metrics at least this often: dispatching more than ~32 steps with collectives on simulated
 # XLA:CPU devices deadlocks (spec/environment.md §2.4); 16 always worked.
 MAX_STEPS_WITHOUT_SYNC = 16
+# Key streams outside the per-step range fold_in(base_key, step), step < 2**31 - 2.
+DATA_INIT_STREAM = 2 ** 31 - 2
+EVAL_STREAM = 2 ** 31 - 1
 
 
 class TrainState(NamedTuple):
@@ -258,7 +261,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         first = sharding_lib.put_batch(train_ds.batch(batch_indices(0, len(train_ds), config.batch_size,
                                                                     config.seed)), batch_put)
         state = apply_data_init(data_init, graphdef, state, first, tx, shardings,
-                                key=jax.random.fold_in(base_key, -1 % 2 ** 31))
+                                key=jax.random.fold_in(base_key, DATA_INIT_STREAM))
     start = int(start or 0)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     num_steps = int(config.num_steps)
@@ -319,7 +322,7 @@ def _evaluate(config: Any, resolved: dict, graphdef: Any, state: TrainState, wor
     test_ds = data_lib.load(config.dataset, "test", data_dir=config.get("data_dir"))
     params = state.ema_params if state.ema_params is not None else state.params
     model = merge_model(graphdef, params, state.model_state)
-    key = jax.random.fold_in(jax.random.key(config.seed), 2 ** 31 - 1)
+    key = jax.random.fold_in(jax.random.key(config.seed), EVAL_STREAM)
     out = resolved["evaluate"](model, test_ds, key=key, config=config, workdir=workdir)
     return {k: float(v) for k, v in out.items()}
 
