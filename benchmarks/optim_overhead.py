@@ -1,0 +1,179 @@
+"""Step time and optimizer-state size of `eg_step_size_adaptation(optax.adam)` against `optax.adam`, one run.
+
+    python -m benchmarks.optim_overhead [--repeats 5] [--steps 50] [--eg-normalize rms]
+
+Two models, plain JAX pytrees: an MLP (784-1024-1024-10, batch 128) and a small transformer-like model
+(4 pre-LN blocks, width 256, 4 heads of einsum attention, MLP ×4, sequence 128, batch 8, mean-pooled
+10-way head). For each model and each optimizer, one jitted, buffer-donating train step
+(params, opt_state, batch) -> (params, opt_state, loss) is compiled, warmed up, then timed over
+`--steps` steps (blocking at the end); the median over `--repeats` interleaved repeats is reported,
+with the ratio EG / Adam (target ≤ 1.2×). The update alone (no forward/backward) is timed too, as a
+ratio of optimizer-only cost. State bytes are summed over the leaves of `opt.init(params)`; the extra
+bytes are also given in units of one parameter-sized float32 buffer (target ≤ 2).
+
+Article: https://kexue.fm/archives/8968
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kexue_jax.optim import eg_step_size_adaptation
+
+
+def _dense(key, m, n):
+  return dict(w=jax.random.normal(key, (m, n)) / np.sqrt(m), b=jnp.zeros(n))
+
+
+def mlp_model(key):
+  ks = jax.random.split(key, 3)
+  params = [_dense(ks[0], 784, 1024), _dense(ks[1], 1024, 1024), _dense(ks[2], 1024, 10)]
+
+  def loss(params, batch):
+    x, y = batch
+    for layer in params[:-1]:
+      x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    logits = x @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def batch(key):
+    return jax.random.normal(key, (128, 784)), jax.random.randint(key, (128,), 0, 10)
+
+  return params, loss, batch
+
+
+def transformer_model(key, *, width=256, heads=4, depth=4, seq=128, batch_size=8, vocab=512):
+  ks = iter(jax.random.split(key, 4 + 4 * depth))
+  params = dict(embed=jax.random.normal(next(ks), (vocab, width)) * 0.02,
+                pos=jax.random.normal(next(ks), (seq, width)) * 0.02,
+                head=_dense(next(ks), width, 10), blocks=[])
+  for _ in range(depth):
+    params["blocks"].append(dict(
+        ln1=jnp.ones(width), ln2=jnp.ones(width),
+        qkv=_dense(next(ks), width, 3 * width), out=_dense(next(ks), width, width),
+        up=_dense(next(ks), width, 4 * width), down=_dense(next(ks), 4 * width, width)))
+
+  def norm(x, g):
+    return g * (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
+
+  def loss(params, batch):
+    tokens, y = batch
+    x = params["embed"][tokens] + params["pos"]
+    for blk in params["blocks"]:
+      h = norm(x, blk["ln1"]) @ blk["qkv"]["w"] + blk["qkv"]["b"]
+      q, k, v = jnp.split(h.reshape(*h.shape[:2], 3 * heads, width // heads), 3, axis=2)
+      att = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // heads), axis=-1)
+      o = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(x.shape)
+      x = x + o @ blk["out"]["w"] + blk["out"]["b"]
+      h = jax.nn.gelu(norm(x, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
+      x = x + h @ blk["down"]["w"] + blk["down"]["b"]
+    logits = x.mean(1) @ params["head"]["w"] + params["head"]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def batch(key):
+    return (jax.random.randint(key, (batch_size, seq), 0, vocab), jax.random.randint(key, (batch_size,), 0, 10))
+
+  return params, loss, batch
+
+
+def tree_bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+
+def _time(fn, carry, steps):
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    carry = fn(*carry)
+  jax.block_until_ready(carry)
+  return (time.perf_counter() - t0) / steps, carry
+
+
+def bench(name, model, opts, *, steps, repeats):
+  params, loss, batch_fn = model
+  batch = batch_fn(jax.random.PRNGKey(1))
+  grads = jax.grad(loss)(params, batch)
+  pbytes = tree_bytes(params)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  print(f"\n== {name}: {n_params:,} parameters ({pbytes / 2**20:.2f} MiB float32)")
+  fns, carries, ufns, ucarries, sbytes = {}, {}, {}, {}, {}
+  for oname, opt in opts.items():
+    def step(p, s, b, opt=opt):
+      lval, g = jax.value_and_grad(loss)(p, b)
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s, b
+
+    def update_only(p, s, g, opt=opt):
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s, g
+
+    state = opt.init(params)
+    sbytes[oname] = tree_bytes(state)
+    fns[oname] = jax.jit(step, donate_argnums=(0, 1))
+    ufns[oname] = jax.jit(update_only, donate_argnums=(0, 1))
+    p0 = jax.tree.map(jnp.copy, params)
+    carries[oname] = fns[oname](p0, opt.init(p0), batch)  # compile + warm-up
+    p1 = jax.tree.map(jnp.copy, params)
+    ucarries[oname] = ufns[oname](p1, opt.init(p1), grads)
+    jax.block_until_ready((carries[oname], ucarries[oname]))
+  times = {o: [] for o in opts}
+  utimes = {o: [] for o in opts}
+  for _ in range(repeats):  # interleaved, so that load changes hit both sides alike
+    for o in opts:
+      t, carries[o] = _time(fns[o], carries[o], steps)
+      times[o].append(t)
+      t, ucarries[o] = _time(ufns[o], ucarries[o], steps)
+      utimes[o].append(t)
+  base = next(iter(opts))
+  med = {o: statistics.median(v) for o, v in times.items()}
+  umed = {o: statistics.median(v) for o, v in utimes.items()}
+  print(f"{'optimizer':<34}{'train step ms':>14}{'ratio':>8}{'update ms':>11}{'ratio':>8}"
+        f"{'state MiB':>11}{'extra buffers':>15}")
+  out = {}
+  for o in opts:
+    extra = (sbytes[o] - sbytes[base]) / pbytes
+    print(f"{o:<34}{1e3 * med[o]:>14.3f}{med[o] / med[base]:>8.3f}{1e3 * umed[o]:>11.3f}"
+          f"{umed[o] / umed[base]:>8.3f}{sbytes[o] / 2**20:>11.2f}{extra:>15.2f}")
+    out[o] = dict(step_ratio=med[o] / med[base], update_ratio=umed[o] / umed[base], extra_buffers=extra)
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--steps", type=int, default=30)
+  ap.add_argument("--eg-normalize", default="rms", choices=("none", "rms", "cosine"))
+  args = ap.parse_args()
+  print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
+        f"devices {jax.devices()}, {platform.processor() or platform.machine()}")
+  print(f"timing: median over {args.repeats} interleaved repeats of {args.steps} jitted, donated steps")
+  opts = {
+      "adam(1e-3)": optax.adam(1e-3),
+      f"eg(adam) gains+scale {args.eg_normalize}": eg_step_size_adaptation(
+          optax.adam(1e-3), gamma_gains=0.05, gamma_scale=0.05, normalize=args.eg_normalize,
+          scale_normalize="cosine" if args.eg_normalize == "rms" else args.eg_normalize),
+      "eg(adam) gains+scale raw": eg_step_size_adaptation(optax.adam(1e-3), gamma_gains=1.0, gamma_scale=1.0),
+  }
+  results = {}
+  results["mlp"] = bench("MLP 784-1024-1024-10, batch 128", mlp_model(jax.random.PRNGKey(0)), opts,
+                         steps=args.steps, repeats=args.repeats)
+  results["transformer"] = bench("transformer 4×256, 4 heads, seq 128, batch 8",
+                                 transformer_model(jax.random.PRNGKey(0)), opts, steps=args.steps,
+                                 repeats=args.repeats)
+  print("\ntargets: train-step ratio ≤ 1.2, extra state ≤ 2 parameter-sized buffers")
+  for m, res in results.items():
+    for o, r in res.items():
+      if o.startswith("eg"):
+        ok = r["step_ratio"] <= 1.2 and r["extra_buffers"] <= 2.0 + 1e-6
+        print(f"{m:<12} {o:<32} step ×{r['step_ratio']:.3f}  extra buffers {r['extra_buffers']:.2f}  "
+              f"{'meets' if ok else 'MISSES'} the targets")
+
+
+if __name__ == "__main__":
+  main()
