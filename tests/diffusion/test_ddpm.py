@@ -1,0 +1,213 @@
+"""DDPM in the blog's notation: loss vs NumPy float64, the ELBO's weights and constants in closed form on
+Gaussian data, the 1000-step ancestral sampler (spec generative.md §11.4), bits/dim, bad inputs."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import optimize
+
+from kexue_jax.data import baselines
+from kexue_jax.diffusion import ddpm
+from kexue_jax.diffusion.schedules import article_schedule, linear_schedule, make_schedule
+
+SCHED = article_schedule(1000)
+
+
+def exact_eps(s, schedule=SCHED, mean=0.0):
+    """E[ε | x_t] for x₀ ~ N(mean, s²): β̄_t (x_t − ᾱ_t mean)/(ᾱ_t² s² + β̄_t²) (spec §11.4)."""
+    ba = jnp.asarray(schedule.bar_alpha, jnp.float32)
+    bb = jnp.asarray(schedule.bar_beta, jnp.float32)
+
+    def eps_fn(x, t):
+        e = lambda c: c.reshape(c.shape + (1,) * (x.ndim - 1))
+        a, b = e(ba[t]), e(bb[t])
+        return b * (x - a * mean) / (a ** 2 * s ** 2 + b ** 2)
+
+    return eps_fn
+
+
+def test_loss_terms_match_numpy_float64():
+    rng = np.random.default_rng(0)
+    x0 = rng.normal(size=(6, 3, 3, 2)).astype(np.float32)
+    eps = rng.normal(size=x0.shape).astype(np.float32)
+    t = np.array([1, 2, 10, 500, 999, 1000])
+    coef = np.linspace(0.1, 0.9, 1001)
+
+    def eps_fn(x, tt):  # a deterministic stand-in network: ε_θ = c_t x_t + 0.1
+        return jnp.asarray(coef, jnp.float32)[tt].reshape(-1, 1, 1, 1) * x + 0.1
+
+    e = lambda c: c.reshape(-1, 1, 1, 1)
+    x_t = e(SCHED.bar_alpha[t]) * x0.astype(np.float64) + e(SCHED.bar_beta[t]) * eps
+    sq = np.sum((eps - (e(coef[t]) * x_t + 0.1)) ** 2, axis=(1, 2, 3))
+    got = np.asarray(ddpm.ddpm_loss_terms(eps_fn, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(eps), SCHED))
+    np.testing.assert_allclose(got, sq, rtol=2e-5)
+    a, b, bb = SCHED.alpha[t], SCHED.beta[t], SCHED.bar_beta[t]
+    w = b ** 4 / (2 * bb ** 2 * a ** 2 * b ** 2)
+    got_w = np.asarray(ddpm.ddpm_loss_terms(eps_fn, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(eps), SCHED,
+                                            "elbo", "beta"))
+    np.testing.assert_allclose(got_w, w * sq, rtol=2e-5)
+
+
+def test_ddpm_loss_uses_documented_key_split_and_dequantisation():
+    images = np.random.default_rng(1).integers(0, 17, size=(5, 4, 4, 1)).astype(np.uint8)
+    key = jax.random.key(3)
+    eps_fn = lambda x, t: 0.5 * x
+    loss, aux = jax.jit(lambda im, k: ddpm.ddpm_loss(eps_fn, {"image": im}, key=k, levels=17))(images, key)
+    k_data, k_t, k_eps = jax.random.split(key, 3)
+    u = np.asarray(jax.random.uniform(k_data, images.shape), np.float64)
+    x0 = 2 * (images + u) / 17 - 1
+    t = np.asarray(jax.random.randint(k_t, (5,), 1, 1001))
+    eps = np.asarray(jax.random.normal(k_eps, images.shape), np.float64)
+    e = lambda c: c.reshape(-1, 1, 1, 1)
+    x_t = e(SCHED.bar_alpha[t]) * x0 + e(SCHED.bar_beta[t]) * eps
+    ref = np.mean(np.sum((eps - 0.5 * x_t) ** 2, axis=(1, 2, 3)))
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert float(aux["mse_per_dim"]) == pytest.approx(ref / 16, rel=1e-5)
+
+
+def test_elbo_weight_is_the_kl_of_the_posterior_means():
+    """w_t‖ε − ε_θ‖² = ‖μ̃ − μ‖²/(2σ_t²), μ̃ from Ho's posterior-mean formula in x₀ and x_t (an independent form)."""
+    rng = np.random.default_rng(2)
+    for sigma in ddpm.SIGMAS:
+        w = ddpm.step_weight(SCHED, sigma)
+        sig = ddpm.sigma_choice(SCHED, sigma)
+        for t in (2, 7, 300, 1000):
+            x0, eps, eps_hat = rng.normal(size=(3, 16))
+            a, b, ba, bb = SCHED.alpha[t], SCHED.beta[t], SCHED.bar_alpha, SCHED.bar_beta
+            x_t = ba[t] * x0 + bb[t] * eps
+            mu_tilde = (ba[t - 1] * b ** 2 / bb[t] ** 2) * x0 + (a * bb[t - 1] ** 2 / bb[t] ** 2) * x_t
+            mu = (x_t - b ** 2 / bb[t] * eps_hat) / a
+            kl_mean = np.sum((mu_tilde - mu) ** 2) / (2 * sig[t] ** 2)
+            assert w[t] * np.sum((eps - eps_hat) ** 2) == pytest.approx(kl_mean, rel=1e-9)
+
+
+def test_sigma_choices_are_optimal_for_their_data():
+    """Article: σ_t = β_t is optimal for N(0, I) data, σ_t = β̄_{t−1}β_t/β̄_t for one data point."""
+    for schedule in (SCHED, linear_schedule(200)):
+        a, b, bb = schedule.alpha[1:], schedule.beta[1:], schedule.bar_beta
+        tilde2 = np.concatenate([[0.0], bb[1:-1] ** 2 * b[1:] ** 2 / bb[2:] ** 2])  # σ̃_t², t = 1..T
+        # N(0, 1) data: E‖μ̃ − μ*‖² = β_t⁴/(β̄_t²α_t²)·Var(ε|x_t) = β_t⁴/(β̄_t²α_t²)·(1 − β̄_t²); optimum σ² = σ̃² + that.
+        opt2 = tilde2 + b ** 4 / (bb[1:] ** 2 * a ** 2) * (1 - bb[1:] ** 2)
+        np.testing.assert_allclose(opt2, ddpm.sigma_choice(schedule, "beta")[1:] ** 2, rtol=1e-9)
+        np.testing.assert_allclose(tilde2, ddpm.sigma_choice(schedule, "posterior")[1:] ** 2, rtol=1e-9, atol=1e-30)
+    # One data point: the step KL ½(r − 1 − ln r), r = σ̃²/σ², minimised numerically over σ.
+    t = 37
+    tilde = SCHED.bar_beta[t - 1] * SCHED.beta[t] / SCHED.bar_beta[t]
+    res = optimize.minimize_scalar(lambda ls: (tilde ** 2 / np.exp(2 * ls) - 1 - np.log(tilde ** 2 / np.exp(2 * ls))),
+                                   bounds=(-12, 0), method="bounded", options={"xatol": 1e-10})
+    assert math.exp(res.x) == pytest.approx(ddpm.sigma_choice(SCHED, "posterior")[t], rel=1e-6)
+
+
+def closed_form_neg_elbo(s, schedule, sigma, d):
+    """E[−ELBO] for x₀ ~ N(0, s² I_d) and the exact ε-predictor, float64 (independent assembly)."""
+    ba, bb, a, b = schedule.bar_alpha, schedule.bar_beta, schedule.alpha, schedule.beta
+    sig = ddpm.sigma_choice(schedule, sigma).copy()
+    sig[1] = b[1]
+    total = 0.5 * d * (ba[-1] ** 2 * s ** 2 + bb[-1] ** 2 - 1 - math.log(bb[-1] ** 2))
+    for t in range(1, schedule.num_steps + 1):
+        var_eps = 1 - bb[t] ** 2 / (ba[t] ** 2 * s ** 2 + bb[t] ** 2)  # Var(ε | x_t) per dim
+        quad = d * b[t] ** 4 / (bb[t] ** 2 * a[t] ** 2) * var_eps / (2 * sig[t] ** 2)
+        if t == 1:
+            total += 0.5 * d * math.log(2 * math.pi * sig[1] ** 2) + quad
+        else:
+            r = (bb[t - 1] * b[t] / bb[t]) ** 2 / sig[t] ** 2
+            total += 0.5 * d * (r - 1 - math.log(r)) + quad
+    return total
+
+
+@pytest.mark.parametrize("sigma", ["beta", "posterior"])
+def test_negative_elbo_estimator_matches_closed_form_on_gaussian_data(sigma):
+    s, d, n = 0.7, 2, 4000
+    x0 = s * jax.random.normal(jax.random.key(0), (n, d))
+    est = np.asarray(jax.jit(lambda x: ddpm.negative_elbo(exact_eps(s), x, key=jax.random.key(1), schedule=SCHED,
+                                                         sigma=sigma, num_t=50))(x0), np.float64)
+    ref = closed_form_neg_elbo(s, SCHED, sigma, d)
+    stderr = est.std() / math.sqrt(n)
+    assert abs(est.mean() - ref) < 4 * stderr, (est.mean(), ref, stderr)
+    # A bound: never below the true NLL ½d ln(2πe s²) of the data.
+    assert ref > 0.5 * d * math.log(2 * math.pi * math.e * s ** 2)
+
+
+def test_negative_elbo_all_steps_is_exact_per_step_sum():
+    """num_t = T evaluates every step once: equals the per-step sum built from `elbo_terms` directly."""
+    sched = article_schedule(8)
+    x0 = jax.random.normal(jax.random.key(0), (3, 4))
+    eps_fn = lambda x, t: 0.3 * x
+    key = jax.random.key(5)
+    got = ddpm.negative_elbo(eps_fn, x0, key=key, schedule=sched, num_t=8)
+
+    @jax.jit
+    def reference(x0):
+        ref = ddpm.prior_kl(x0, sched)
+        for k in range(8):
+            _, key_eps = jax.random.split(jax.random.fold_in(key, k))
+            eps = jax.random.normal(key_eps, x0.shape)
+            ref = ref + ddpm.elbo_terms(eps_fn, x0, jnp.full((3,), k + 1), eps, sched)
+        return ref
+
+    ref = reference(x0)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
+
+
+def test_bits_per_dim_constant():
+    # The uniform density on [−1, 1]^D has −log p = D ln 2: exactly log2(levels) bits per dimension.
+    for levels in (17, 256):
+        assert ddpm.elbo_bits_per_dim(64 * math.log(2), 64, levels) == pytest.approx(math.log2(levels), rel=1e-12)
+    # Same value as the data-package convention on [0, 1] (Jacobian of x = 2y − 1 is 2^D).
+    nll_x = 123.4
+    assert ddpm.elbo_bits_per_dim(nll_x, 64, 17) == pytest.approx(
+        baselines.bits_per_dim(nll_x - 64 * math.log(2), 64, 17), rel=1e-12)
+
+
+@pytest.mark.parametrize("sigma", ["beta", "posterior"])
+def test_ancestral_sampler_recovers_data_std(sigma):
+    """Spec §11.4: 1000 steps with the exact ε-predictor return std within 1% of s (s = 0.5, 1, 2)."""
+    n = 100_000
+    run = jax.jit(lambda x, s: ddpm.ddpm_sample(exact_eps(s), x, key=jax.random.key(7), schedule=SCHED,
+                                                sigma=sigma))
+    for s in (0.5, 1.0, 2.0):
+        x = run(jax.random.normal(jax.random.key(int(s * 10)), (n, 1)), jnp.float32(s))
+        assert float(jnp.std(x)) == pytest.approx(s, rel=0.01)
+        assert abs(float(jnp.mean(x))) < 0.02 * s
+
+
+def test_prepare_batch_and_to_images_round_trip():
+    images = np.arange(17, dtype=np.uint8).reshape(1, 17, 1, 1)
+    x = ddpm.prepare_batch({"image": images}, key=jax.random.key(0), levels=17)
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    np.testing.assert_array_equal(np.asarray(ddpm.to_images(x, 17)), images.astype(np.float32))
+
+
+def test_time_mlp_depends_on_t():
+    m = ddpm.TimeMLP(num_embeddings=11, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 2))
+    assert float(jnp.max(jnp.abs(m(x, jnp.array([1, 1])) - m(x, jnp.array([1, 2]))))) > 1e-4
+
+
+BAD = [
+    (lambda: ddpm.sigma_choice(SCHED, "optimal"), "`sigma` must be one of ['beta', 'posterior']; got 'optimal'"),
+    (lambda: ddpm.ddpm_loss(lambda x, t: x, {"x": jnp.ones((2, 2))}, key=jax.random.key(0), weighting="snr"),
+     "`weighting` must be one of ['simple', 'elbo']; got 'snr'"),
+    (lambda: ddpm.ddpm_loss(lambda x, t: x, {"image": np.zeros((2, 2, 2, 1), np.uint8)}, key=jax.random.key(0)),
+     "`levels` must be an int >= 2 for image data; got None"),
+    (lambda: ddpm.prepare_batch({"x": np.zeros((2, 2))}, key=jax.random.key(0), data_key="image"),
+     "`data_key` must name an entry of the batch ['x']; got 'image'"),
+    (lambda: ddpm.negative_elbo(lambda x, t: x, jnp.ones((2, 2)), key=jax.random.key(0), schedule=SCHED, num_t=7),
+     "`num_t` must be a positive divisor of T = 1000; got 7"),
+    (lambda: ddpm.ddpm_sample(lambda x, t: x, jnp.ones((2, 2)), key=jax.random.key(0), schedule=SCHED, t_start=0),
+     "`t_start` must be an int in [1, 1000]; got 0"),
+    (lambda: ddpm.elbo_bits_per_dim(1.0, 0, 17), "`num_dims` must be a positive int; got 0"),
+    (lambda: ddpm.elbo_bits_per_dim(1.0, 4, 1), "`levels` must be an int >= 2; got 1"),
+    (lambda: ddpm.TimeMLP(hidden=(), rngs=nnx.Rngs(0)), "`hidden` must be a non-empty sequence of positive ints"),
+    (lambda: make_schedule("x"), "`schedule` must be one of"),
+]
+
+
+@pytest.mark.parametrize("fn,message", BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_inputs(fn, message):
+    with pytest.raises(ValueError) as e:
+        fn()
+    assert message in str(e.value)
