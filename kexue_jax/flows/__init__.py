@@ -1,0 +1,35 @@
+"""Normalizing flows: one bijector contract; NICE, RealNVP and Glow (kexue.fm/archives/5776, 5807).
+
+```python
+from flax import nnx
+from kexue_jax import flows
+
+model = flows.Glow(event_shape=(8, 8, 1), num_levels=2, depth=8, width=64, levels=17, rngs=nnx.Rngs(0))
+z, log_det = model.forward_and_log_det(x)          # x [b, 8, 8, 1] -> z [b, 64], log_det [b]
+x, log_det = model.inverse_and_log_det(z)
+log_p = model.log_prob(x)                           # [b] nats
+samples = model.sample(64, key=key, temperature=0.7)
+loss, aux = flows.flow_loss(model, {"image": images}, key=key, levels=17)   # bits/dim
+```
+Every layer follows the same contract (`forward_and_log_det`, `inverse_and_log_det`, log_det [batch]); see
+`bijector.py`.
+"""
+from kexue_jax.flows.bijector import (SCALE_FNS, ActNorm, AdditiveCoupling, AffineCoupling, Bijector, Buffer, Chain,
+                                      ConvConditioner, FactorOut, Flatten, FlowModel, Inverse, InvertibleConv1x1,
+                                      LearnedPrior, MLPConditioner, NICEScaling, Permute, Squeeze, Unsqueeze,
+                                      channel_mask, checkerboard_mask, data_dependent_init, interleaved_mask, squeeze,
+                                      standard_normal_log_prob, unsqueeze)
+from kexue_jax.flows.glow import COUPLINGS, PERMUTATIONS, Glow, GlowStep
+from kexue_jax.flows.likelihood import bits_per_dim, check_levels, dequantize
+from kexue_jax.flows.nice import NICE
+from kexue_jax.flows.realnvp import RealNVP
+from kexue_jax.flows.train import data_init, evaluate, flow_loss
+
+__all__ = [
+    "Bijector", "Buffer", "Chain", "Inverse", "Flatten", "Squeeze", "Unsqueeze", "squeeze", "unsqueeze", "Permute",
+    "checkerboard_mask", "channel_mask", "interleaved_mask", "ConvConditioner", "MLPConditioner",
+    "AdditiveCoupling", "AffineCoupling", "SCALE_FNS", "NICEScaling", "ActNorm", "data_dependent_init",
+    "InvertibleConv1x1", "LearnedPrior", "FactorOut", "FlowModel", "standard_normal_log_prob",
+    "NICE", "RealNVP", "Glow", "GlowStep", "PERMUTATIONS", "COUPLINGS",
+    "check_levels", "dequantize", "bits_per_dim", "flow_loss", "data_init", "evaluate",
+]

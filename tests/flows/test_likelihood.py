@@ -1,0 +1,96 @@
+"""Likelihood accounting: dequantisation, bits/dim with the log(levels) term, temperature sampling, loss.
+
+A uniform density on [0, 1]^D has log p = 0 for every dequantised point, so its bits/dim is exactly
+log2(levels): 8 for 8-bit data, log2(17) = 4.087 for the 17-level digits (spec generative.md §0.1).
+"""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kexue_jax import flows as F
+
+
+class UniformModel(nnx.Module):
+    """log p(y) = 0 on [0, 1]^D: the uniform density on the unit cube (in the model's centred space)."""
+
+    def __init__(self, event_shape, levels):
+        self.event_shape = tuple(event_shape)
+        self.levels = levels
+
+    def log_prob(self, x):
+        inside = jnp.all(jnp.abs(x) <= 0.5, axis=tuple(range(1, x.ndim)))
+        return jnp.where(inside, 0.0, -jnp.inf)
+
+
+@pytest.mark.parametrize("levels,expected", [(256, 8.0), (17, math.log2(17)), (2, 1.0)])
+def test_uniform_model_gives_log2_levels_bits_per_dim(levels, expected):
+    images = jax.random.randint(jax.random.key(0), (16, 4, 4, 1), 0, levels).astype(jnp.uint8)
+    model = UniformModel((4, 4, 1), levels)
+    loss, aux = F.flow_loss(model, {"image": images}, key=jax.random.key(1), levels=levels)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(aux["bpd"], expected, rtol=1e-6)
+    np.testing.assert_allclose(F.bits_per_dim(jnp.zeros(3), 16, levels), np.full(3, expected), rtol=1e-6)
+
+
+def test_bits_per_dim_formula():
+    # (−log p + D ln levels)/(D ln 2) with D = 64, levels = 17: the spec's conversion
+    log_p = jnp.array([-50.0, 10.0])
+    expected = (-np.asarray(log_p) + 64 * math.log(17)) / (64 * math.log(2))
+    np.testing.assert_allclose(F.bits_per_dim(log_p, 64, 17), expected, rtol=1e-6)
+
+
+def test_dequantise_lands_in_the_right_bin():
+    images = jnp.arange(17, dtype=jnp.uint8).reshape(1, 17)
+    y = F.dequantize(images, key=jax.random.key(0), levels=17)
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(jnp.floor(y * 17), images)
+    assert float(y.min()) >= 0.0 and float(y.max()) < 1.0
+
+
+def test_flow_loss_matches_log_prob_of_the_centred_dequantised_batch():
+    model = F.NICE(event_shape=(2, 2, 1), num_couplings=2, hidden=(8,), levels=17, rngs=nnx.Rngs(0))
+    images = jax.random.randint(jax.random.key(0), (5, 2, 2, 1), 0, 17).astype(jnp.uint8)
+    key = jax.random.key(3)
+    loss, aux = F.flow_loss(model, {"image": images}, key=key, levels=17)
+    x = F.dequantize(images, key=key, levels=17) - 0.5
+    expected = jnp.mean(F.bits_per_dim(model.log_prob(x), 4, 17))
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_temperature_scales_the_latent():
+    model = F.NICE(event_shape=(4,), num_couplings=2, hidden=(8,), levels=17, rngs=nnx.Rngs(0))
+    key = jax.random.key(0)
+    # an untrained NICE is the identity, so samples are the latents: their std is the temperature
+    for t in (0.5, 1.0):
+        s = model.sample(20000, key=key, temperature=t)
+        assert s.shape == (20000, 4)
+        np.testing.assert_allclose(jnp.std(s), t, rtol=0.02)
+
+
+BAD = [
+    ("zero levels in bits_per_dim", lambda: F.bits_per_dim(jnp.zeros(2), 4, 0),
+     "`levels` must be an integer >= 2; got 0"),
+    ("negative levels in dequantize",
+     lambda: F.dequantize(jnp.zeros((1, 2), jnp.uint8), key=jax.random.key(0), levels=-3),
+     "`levels` must be an integer >= 2; got -3"),
+    ("float levels in flow_loss",
+     lambda: F.flow_loss(UniformModel((2,), 17), {"image": jnp.zeros((1, 2), jnp.uint8)}, key=jax.random.key(0),
+                         levels=16.5),
+     "`levels` must be an integer >= 2; got 16.5"),
+    ("non-positive temperature",
+     lambda: F.NICE(event_shape=(4,), num_couplings=1, hidden=(4,), rngs=nnx.Rngs(0)).sample(2, key=jax.random.key(0),
+                                                                                           temperature=0.0),
+     "`temperature` must be a number > 0; got 0.0"),
+    ("bad dims", lambda: F.bits_per_dim(jnp.zeros(2), 0, 17), "`num_dims` must be an integer >= 1; got 0"),
+]
+
+
+@pytest.mark.parametrize("what,fn,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(what, fn, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fn()

@@ -1,0 +1,65 @@
+"""NICE-specific checks (spec generative.md §5.4): additive couplings are volume-preserving, the scaling
+layer's log-det is Σ k and equals a learned-variance prior on h, the untrained model is the identity."""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kexue_jax import flows as F
+from tests.flows.test_bijector import _randomised
+
+
+def _gauss_logpdf(z, scale=None):
+    z = z.reshape(z.shape[0], -1)
+    scale = jnp.ones((1, z.shape[1])) if scale is None else scale
+    return jnp.sum(-0.5 * (z / scale) ** 2 - jnp.log(scale) - 0.5 * math.log(2 * math.pi), axis=1)
+
+
+def test_untrained_nice_is_the_identity_with_a_gaussian_likelihood():
+    model = F.NICE(event_shape=(8, 8, 1), num_couplings=4, hidden=(32, 32), levels=17, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+    z, ld = model.forward_and_log_det(x)
+    np.testing.assert_allclose(z, x.reshape(3, 64), atol=1e-6)
+    np.testing.assert_allclose(ld, 0.0, atol=1e-6)
+    np.testing.assert_allclose(model.log_prob(x), _gauss_logpdf(x), rtol=1e-6)
+
+
+def test_couplings_are_volume_preserving_and_scaling_carries_the_log_det():
+    model = _randomised(lambda rngs: F.NICE(event_shape=(6,), num_couplings=3, hidden=(8,), rngs=rngs))
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    h, ld_couplings = model.couplings.forward_and_log_det(x)
+    np.testing.assert_allclose(ld_couplings, 0.0, atol=1e-6)
+    z, ld = model.forward_and_log_det(x)
+    k = model.scaling.log_scale[...][None, :]  # [1, 6]
+    np.testing.assert_allclose(ld, jnp.full(4, jnp.sum(k)), rtol=1e-5)
+    np.testing.assert_allclose(z, h * jnp.exp(k), rtol=1e-5, atol=1e-6)
+    # scale layer <=> learned-variance prior on h: N(0, diag e^{-2k})
+    np.testing.assert_allclose(model.log_prob(x), _gauss_logpdf(h, jnp.exp(-k)), rtol=1e-5)
+
+
+def test_couplings_alternate_which_half_is_updated():
+    model = F.NICE(event_shape=(6,), num_couplings=2, hidden=(4,), rngs=nnx.Rngs(0))
+    masks = [np.asarray(c.mask) for c in model.couplings.layers]
+    np.testing.assert_array_equal(masks[0], 1 - masks[1])
+
+
+BAD = [
+    ("zero couplings", lambda: F.NICE(event_shape=(4,), num_couplings=0, hidden=(4,), rngs=nnx.Rngs(0)),
+     "`num_couplings` must be an integer >= 1; got 0"),
+    ("one feature", lambda: F.NICE(event_shape=(1,), num_couplings=2, hidden=(4,), rngs=nnx.Rngs(0)),
+     "`event_shape` must have at least 2 elements to split; got (1,)"),
+    ("wrong event shape", lambda: F.NICE(event_shape=(8, 8, 1), num_couplings=1, hidden=(4,), rngs=nnx.Rngs(0))
+     .log_prob(jnp.zeros((2, 8, 8, 3))), "`x` must have event shape (8, 8, 1); got shape (2, 8, 8, 3)"),
+    ("bad levels", lambda: F.NICE(event_shape=(4,), num_couplings=1, hidden=(4,), levels=1, rngs=nnx.Rngs(0)),
+     "`levels` must be an integer >= 2; got 1"),
+]
+
+
+@pytest.mark.parametrize("what,fn,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(what, fn, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fn()
