@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment")
     args = parser.parse_args(argv)
-    timeout = args.timeout or (900 if args.scale == "smoke" else 6 * 3600)
+    timeout = args.timeout or (900 if args.scale == "smoke" else 3600)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     db_path = os.path.join(out, "results.json")

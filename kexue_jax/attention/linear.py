@@ -48,6 +48,22 @@ def _features(x: jax.Array, feature_map: str | Callable, *, is_query: bool) -> j
     return jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True)))
 
 
+def check_chunk_size(t: int, s: int, *, causal: bool, chunk_size: int | None) -> int | None:
+    """Validates `chunk_size` for lengths t (queries) and s (keys) before any array work; returns the
+    causal chunk size to use (None when not causal)."""
+    if not causal:
+        if chunk_size is not None:
+            raise ValueError(f"`chunk_size` must be None when causal=False; got {chunk_size!r}")
+        return None
+    if s != t:
+        raise ValueError(f"`k` must have the length of `q` ({t}) when causal=True; got length {s}")
+    if chunk_size is None:
+        return default_chunk_size(t)
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1 or t % chunk_size:
+        raise ValueError(f"`chunk_size` must be a positive int dividing the length {t}; got {chunk_size!r}")
+    return chunk_size
+
+
 def _exclusive_cumsum(x: jax.Array) -> jax.Array:
     """Σ over earlier chunks (axis 1); shifting avoids the cancellation of cumsum(x) − x."""
     shifted = jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)  # [b, n, ...]
@@ -82,10 +98,9 @@ def linear_attention_from_features(phi_q: jax.Array, phi_k: jax.Array, v: jax.Ar
     if phi_q.shape[0] != phi_k.shape[0] or phi_q.shape[2] != phi_k.shape[2]:
         raise ValueError(f"`k` must share batch and heads with `q` {(phi_q.shape[0], phi_q.shape[2])}; "
                          f"got shape {phi_k.shape}")
+    chunk_size = check_chunk_size(phi_q.shape[1], phi_k.shape[1], causal=causal, chunk_size=chunk_size)
     tiny = jnp.finfo(jnp.promote_types(phi_q.dtype, jnp.float32)).tiny
     if not causal:
-        if chunk_size is not None:
-            raise ValueError(f"`chunk_size` must be None when causal=False; got {chunk_size!r}")
         state = jnp.einsum("bshm,bshe->bhme", phi_k, v)  # [b, h, m, e]
         z = jnp.sum(phi_k, axis=1)  # [b, h, m]
         num = jnp.einsum("bthm,bhme->bthe", phi_q, state)  # [b, t, h, e]
@@ -93,12 +108,6 @@ def linear_attention_from_features(phi_q: jax.Array, phi_k: jax.Array, v: jax.Ar
         return num / jnp.maximum(den, tiny)
 
     b, t, h, m = phi_q.shape
-    if phi_k.shape[1] != t:
-        raise ValueError(f"`k` must have the length of `q` ({t}) when causal=True; got shape {phi_k.shape}")
-    if chunk_size is None:
-        chunk_size = default_chunk_size(t)
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1 or t % chunk_size:
-        raise ValueError(f"`chunk_size` must be a positive int dividing the length {t}; got {chunk_size!r}")
     c, n, e = chunk_size, t // chunk_size, v.shape[-1]
     fq = phi_q.reshape(b, n, c, h, m)  # [b, n, c, h, m]
     fk = phi_k.reshape(b, n, c, h, m)  # [b, n, c, h, m]
@@ -148,6 +157,7 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
             raise ValueError(f"`{name}` must have rank 4 [b, t, h, m]; got shape {x.shape}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"`k` must have the head dim of `q` ({q.shape[-1]}); got shape {k.shape}")
+    check_chunk_size(q.shape[1], k.shape[1], causal=causal, chunk_size=chunk_size)
     phi_q = _features(q, feature_map, is_query=True)
     phi_k = _features(k, feature_map, is_query=False) if key_mask is None else None
     if key_mask is not None:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kexue_jax.attention.linear import linear_attention_from_features
+from kexue_jax.attention.linear import check_chunk_size, linear_attention_from_features
 
 __all__ = ["performer_projection", "performer_features", "performer_attention", "performer_redraw_key",
            "SCALINGS"]
@@ -145,6 +145,7 @@ def performer_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key: jax.Ar
     if (key is None) == (projection is None):
         raise ValueError(f"`key` or `projection` must be given (exactly one); got key={key is not None}, "
                          f"projection={projection is not None}")
+    check_chunk_size(q.shape[1], k.shape[1], causal=causal, chunk_size=chunk_size)
     if projection is None:
         projection = performer_projection(key, num_features, q.shape[-1], orthogonal=orthogonal,
                                           scaling=scaling, dtype=jnp.promote_types(q.dtype, jnp.float32))

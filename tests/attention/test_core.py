@@ -27,44 +27,45 @@ def _np_attention(q, k, v, mask=None, bias=None, scale=None):
     return out
 
 
-def _qkv(key, b=2, t=5, s=5, h=3, d=4, e=4, dtype=jnp.float32):
-    k1, k2, k3 = jax.random.split(key, 3)
-    return (jax.random.normal(k1, (b, t, h, d), dtype), jax.random.normal(k2, (b, s, h, d), dtype),
-            jax.random.normal(k3, (b, s, h, e), dtype))
+def _qkv(seed, b=2, t=5, s=5, h=3, d=4, e=4, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)  # NumPy draws: no random-number program to compile per shape
+    return tuple(jnp.asarray(rng.normal(size=shape), dtype) for shape in ((b, t, h, d), (b, s, h, d), (b, s, h, e)))
 
 
 def test_paths_agree_with_float64_reference_under_mask_and_bias():
-    q, k, v = _qkv(jax.random.key(0))
+    q, k, v = _qkv(0)
     mask = combine_masks(causal_mask(5), padding_mask(jnp.array([5, 3]), length=5)[:, None, :])  # [b, t, s]
-    bias = jax.random.normal(jax.random.key(1), (1, 3, 5, 5))
+    bias = jnp.asarray(np.random.default_rng(1).normal(size=(1, 3, 5, 5)), jnp.float32)
     ref = _np_attention(q, k, v, np.asarray(mask)[:, None], np.asarray(bias))
-    outs = {impl: attention(q, k, v, mask=mask, bias=bias, implementation=impl)
-            for impl in (None, "xla", "einsum")}
+    impls = (None, "xla", "einsum")
+    outs = dict(zip(impls, jax.jit(lambda q, k, v, mask, bias: [
+        attention(q, k, v, mask=mask, bias=bias, implementation=impl) for impl in impls])(q, k, v, mask, bias)))
     for impl, out in outs.items():
         np.testing.assert_allclose(out, ref, atol=1e-6, err_msg=str(impl))
     np.testing.assert_allclose(outs["xla"], outs["einsum"], atol=1e-6)
 
 
 def test_gradients_agree_between_paths():
-    q, k, v = _qkv(jax.random.key(2))
+    q, k, v = _qkv(2)
     mask = causal_mask(5)
     loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, mask=mask, implementation=impl)))
-    g_xla = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
-    g_ein = jax.grad(loss("einsum"), argnums=(0, 1, 2))(q, k, v)
+    g_xla, g_ein = jax.jit(lambda q, k, v: [jax.grad(loss(impl), argnums=(0, 1, 2))(q, k, v)
+                                            for impl in ("xla", "einsum")])(q, k, v)
     for a, b in zip(g_xla, g_ein):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_einsum_path_allows_a_different_value_size():
-    q, k, v = _qkv(jax.random.key(3), e=7)
+    q, k, v = _qkv(3, e=7)
     np.testing.assert_allclose(attention(q, k, v), _np_attention(q, k, v), atol=1e-6)
 
 
 def test_fully_masked_rows_are_finite_and_uniform_on_every_path():
-    q, k, v = _qkv(jax.random.key(4))
+    q, k, v = _qkv(4)
     mask = jnp.ones((2, 5, 5), bool).at[0, 2].set(False)  # query 2 of example 0 sees nothing
-    for impl in ("xla", "einsum"):
-        out = attention(q, k, v, mask=mask, implementation=impl)
+    outs = jax.jit(lambda q, k, v: [attention(q, k, v, mask=mask, implementation=impl)
+                                    for impl in ("xla", "einsum")])(q, k, v)
+    for out in outs:
         assert np.all(np.isfinite(out))
         np.testing.assert_allclose(out[0, 2], np.mean(np.asarray(v[0]), axis=0), atol=1e-6)
 
@@ -72,18 +73,19 @@ def test_fully_masked_rows_are_finite_and_uniform_on_every_path():
 def test_cudnn_request_falls_back_to_xla_with_a_warning_off_gpu():
     if jax.default_backend() == "gpu":
         pytest.skip("cudnn is available here; the fallback is only observable without it")
-    q, k, v = _qkv(jax.random.key(5))
-    with pytest.warns(RuntimeWarning, match="cudnn attention unavailable"):
-        out = attention(q, k, v, mask=causal_mask(5), implementation="cudnn")
-    np.testing.assert_array_equal(out, attention(q, k, v, mask=causal_mask(5), implementation="xla"))
+    q, k, v = _qkv(5)
+    with pytest.warns(RuntimeWarning, match="cudnn attention unavailable"):  # raised while tracing
+        out, ref = jax.jit(lambda q, k, v: [attention(q, k, v, mask=causal_mask(5), implementation=impl)
+                                            for impl in ("cudnn", "xla")])(q, k, v)
+    np.testing.assert_array_equal(out, ref)
 
 
 def test_bfloat16_keeps_dtype_and_matches_float32_to_bf16_precision():
-    q, k, v = _qkv(jax.random.key(6))
-    ref = attention(q, k, v, implementation="einsum")
-    for impl in ("xla", "einsum"):
-        out = attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
-                        implementation=impl)
+    q, k, v = _qkv(6)
+    ref, *outs = jax.jit(lambda q, k, v: [attention(q, k, v, implementation="einsum")] + [
+        attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), implementation=impl)
+        for impl in ("xla", "einsum")])(q, k, v)
+    for out in outs:
         assert out.dtype == jnp.bfloat16
         np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=5e-2)
 
@@ -97,7 +99,7 @@ def test_no_recompile_for_new_values():
         return attention(q, k, v, mask=causal_mask(5), implementation="einsum")
 
     for seed in range(3):
-        f(*_qkv(jax.random.key(seed))).block_until_ready()
+        f(*_qkv(seed)).block_until_ready()
     assert len(traces) == 1
 
 

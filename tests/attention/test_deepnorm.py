@@ -29,7 +29,7 @@ def test_coefficients_equal_the_table():
 
 
 def test_init_scales_only_ffn_value_and_out_kernels():
-    block = TransformerBlock(8, 2, 16, norm="layer", use_bias=True, rngs=nnx.Rngs(0))
+    block = nnx.jit(lambda: TransformerBlock(8, 2, 16, norm="layer", use_bias=True, rngs=nnx.Rngs(0)))()
     before = jax.tree.map(np.asarray, nnx.state(block, nnx.Param))
     beta = deepnorm_coefficients(num_encoder_layers=6).beta
     deepnorm_init(block, beta)
@@ -47,15 +47,22 @@ def test_init_scales_only_ffn_value_and_out_kernels():
 
 
 def test_residual_is_layer_norm_of_alpha_x_plus_branch():
-    x, g = jax.random.normal(jax.random.key(0), (2, 3, 8)), jax.random.normal(jax.random.key(1), (2, 3, 8))
+    rng = np.random.default_rng(0)
+    x, g = (jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32) for _ in range(2))
     alpha = deepnorm_coefficients(num_encoder_layers=6).alpha
-    y = np.asarray(alpha * x + g, np.float64)
+    y = np.asarray(alpha * np.asarray(x, np.float64) + np.asarray(g, np.float64))
     ref = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(deepnorm_residual(x, g, alpha=alpha), ref, atol=1e-5)
-    # a DeepNorm block is that residual twice (attention, then FFN), with no learned norm parameters
-    block = TransformerBlock(8, 2, 16, norm="layer", identity_scale=alpha, rope=None, rngs=nnx.Rngs(1))
-    h = deepnorm_residual(x, block.attention(x), alpha=alpha)
-    np.testing.assert_allclose(block(x), deepnorm_residual(h, block.ffn(h), alpha=alpha), atol=1e-5)
+
+    @nnx.jit
+    def run(x, g):  # init and forward passes in one compilation
+        # a DeepNorm block is that residual twice (attention, then FFN), with no learned norm parameters
+        block = TransformerBlock(8, 2, 16, norm="layer", identity_scale=alpha, rope=None, rngs=nnx.Rngs(1))
+        h = deepnorm_residual(x, block.attention(x), alpha=alpha)
+        return deepnorm_residual(x, g, alpha=alpha), block(x), deepnorm_residual(h, block.ffn(h), alpha=alpha)
+
+    residual, out, composed = run(x, g)
+    np.testing.assert_allclose(residual, ref, atol=1e-5)
+    np.testing.assert_allclose(out, composed, atol=1e-5)
 
 
 def test_pure_scaling_works_on_any_pytree():

@@ -38,9 +38,11 @@ def test_linear_forms_equal_quadratic_forms_for_every_chunk_size(feature_map):
     f64 = lambda a: np.asarray(a, np.float64)
     ref_bi = _quadratic(phi(f64(q)), phi(f64(k)), f64(v), causal=False)
     ref_causal = _quadratic(phi(f64(q)), phi(f64(k)), f64(v), causal=True)
-    np.testing.assert_allclose(linear_attention(q, k, v, feature_map=feature_map), ref_bi, rtol=1e-6, atol=1e-6)
-    for chunk in (1, 2, 4, 8):
-        out = linear_attention(q, k, v, feature_map=feature_map, causal=True, chunk_size=chunk)
+    chunks = (1, 2, 4, 8)
+    outs = jax.jit(lambda q, k, v: [linear_attention(q, k, v, feature_map=feature_map)] + [
+        linear_attention(q, k, v, feature_map=feature_map, causal=True, chunk_size=c) for c in chunks])(q, k, v)
+    np.testing.assert_allclose(outs[0], ref_bi, rtol=1e-6, atol=1e-6)
+    for chunk, out in zip(chunks, outs[1:]):
         np.testing.assert_allclose(out, ref_causal, rtol=1e-6, atol=1e-6, err_msg=f"chunk {chunk}")
 
 
@@ -52,9 +54,10 @@ def test_causal_gradients_equal_the_masked_quadratic_form():
         return jnp.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
 
     loss = lambda f: lambda *a: jnp.sum(jnp.cos(f(*a)))
-    g_lin = jax.grad(loss(lambda *a: linear_attention(*a, feature_map="exp", causal=True, chunk_size=2)),
-                     argnums=(0, 1, 2))(q, k, v)
-    g_ref = jax.grad(loss(quadratic), argnums=(0, 1, 2))(q, k, v)
+    g_lin, g_ref = jax.jit(lambda q, k, v: (
+        jax.grad(loss(lambda *a: linear_attention(*a, feature_map="exp", causal=True, chunk_size=2)),
+                 argnums=(0, 1, 2))(q, k, v),
+        jax.grad(loss(quadratic), argnums=(0, 1, 2))(q, k, v)))(q, k, v)
     for a, b in zip(g_lin, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -62,13 +65,13 @@ def test_causal_gradients_equal_the_masked_quadratic_form():
 @pytest.mark.parametrize("causal", [False, True])
 def test_positive_per_query_rescaling_leaves_the_output_unchanged(causal):
     q, k, v = _data(2)
-    phi_q, phi_k = jnp.exp(q), jnp.exp(k)
-    c = jnp.exp(3 * jax.random.normal(jax.random.key(0), phi_q.shape[:3] + (1,)))  # c_i > 0, spread e^{±9}
-    base = linear_attention_from_features(phi_q, phi_k, v, causal=causal)
-    np.testing.assert_allclose(linear_attention_from_features(phi_q * c, phi_k, v, causal=causal), base,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(linear_attention_from_features(phi_q, 7.0 * phi_k, v, causal=causal), base,
-                               rtol=1e-5, atol=1e-6)
+    phi_q, phi_k = np.exp(q), np.exp(k)
+    c = np.exp(3 * np.random.default_rng(5).normal(size=phi_q.shape[:3] + (1,))).astype(np.float32)  # c_i > 0, e^{±9}
+    base, scaled_q, scaled_k = jax.jit(lambda phi_q, phi_k, v, c: [
+        linear_attention_from_features(a, b, v, causal=causal) for a, b in
+        ((phi_q, phi_k), (phi_q * c, phi_k), (phi_q, 7.0 * phi_k))])(phi_q, phi_k, v, c)
+    np.testing.assert_allclose(scaled_q, base, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scaled_k, base, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("feature_map", ["exp", "elu_plus_one"])

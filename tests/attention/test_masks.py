@@ -1,6 +1,8 @@
 """Masks and masked ops (the masks article): hand-written block matrices, exact source invariance under
 UNILM, padding-length invariance (all-negative inputs too), and the masked BiRNN against per-sequence
 runs with the naive flip as a negative control."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,18 +53,25 @@ def test_perturbing_a_target_token_leaves_source_outputs_exactly_unchanged():
     segments = jnp.array([[0, 0, 0, 1, 1, 1, 0]])
     ids = jnp.array([[3, 4, 5, 6, 7, 8, 0]])
     mask = combine_masks(unilm_mask(segments), padding_mask(ids)[:, None, :])  # [b, t, s]
-    x = jax.random.normal(jax.random.key(0), (1, 7, 8))
-    w = jax.random.normal(jax.random.key(1), (3, 8, 2, 4))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, 7, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 8, 2, 4)), jnp.float32)
 
     def layer(x):
         q, k, v = (jnp.einsum("btd,dhk->bthk", x, w[i]) for i in range(3))
         return attention(q, k, v, mask=mask)
 
     x2 = x.at[0, 4].add(3.0)  # change target token 2
-    out, out2 = layer(x), layer(x2)
+    out, out2 = jax.jit(lambda x, x2: (layer(x), layer(x2)))(x, x2)
     np.testing.assert_array_equal(out[0, :3], out2[0, :3])  # the source never sees the target
     np.testing.assert_array_equal(out[0, 3], out2[0, 3])  # target token 1 does not see target token 2
     assert np.abs(out[0, 4:6] - out2[0, 4:6]).max() > 1e-3  # the perturbation is visible where allowed
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _masked_ops(x, lengths, total):
+    mask = padding_mask(lengths, length=total)
+    return masked_mean(x, mask), masked_max(x, mask), masked_softmax(x, mask, axis=1)[:, :5]
 
 
 @pytest.mark.parametrize("negative", [False, True])
@@ -76,8 +85,7 @@ def test_masked_ops_do_not_depend_on_padding_length(negative):
         x = np.concatenate([x_valid, 1e3 * rng.normal(size=(3, total - 5, 4))], axis=1)
         x[np.arange(total)[None, :] >= lengths[:, None]] = 1e3 * rng.normal(size=(np.sum(total - lengths), 4))
         x = jnp.asarray(x, jnp.float32)
-        mask = padding_mask(jnp.asarray(lengths), length=total)
-        results.append((masked_mean(x, mask), masked_max(x, mask), masked_softmax(x, mask, axis=1)[:, :5]))
+        results.append(_masked_ops(x, jnp.asarray(lengths), total))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     mean, mx, _ = results[0]
@@ -92,14 +100,14 @@ def test_masked_ops_do_not_depend_on_padding_length(negative):
 
 
 def test_masked_softmax_sums_to_one_on_valid_and_is_exactly_zero_on_padding():
-    x = jax.random.normal(jax.random.key(2), (3, 6)) * 5
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 6)) * 5, jnp.float32)
     mask = padding_mask(jnp.array([6, 2, 0]), length=6)
-    p = masked_softmax(x, mask)
+    p, g = jax.jit(lambda x: (masked_softmax(x, mask), jax.grad(
+        lambda x: jnp.sum(masked_softmax(x, mask) * jnp.arange(6.0)[None, :]))(x)))(x)
     np.testing.assert_allclose(p[:2].sum(-1), 1.0, rtol=1e-6)
     assert np.all(np.asarray(p)[~np.asarray(mask)] == 0.0)
     np.testing.assert_allclose(p[1, :2], jax.nn.softmax(x[1, :2]), rtol=1e-6)
     np.testing.assert_array_equal(p[2], 0.0)  # a fully padded row is finite (zero), not NaN
-    g = jax.grad(lambda x: jnp.sum(masked_softmax(x, mask) * jnp.arange(6.0)[None, :]))(x)
     assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[~np.asarray(mask)] == 0.0)
 
 
@@ -132,24 +140,28 @@ def _tanh_rnn(w_in, w_rec):
 
 
 def test_masked_birnn_equals_per_sequence_runs_and_naive_flip_does_not():
-    keys = jax.random.split(jax.random.key(3), 5)
-    fw = _tanh_rnn(jax.random.normal(keys[0], (3, 4)), 0.5 * jax.random.normal(keys[1], (4, 4)))
-    bw = _tanh_rnn(jax.random.normal(keys[2], (3, 4)), 0.5 * jax.random.normal(keys[3], (4, 4)))
+    rng = np.random.default_rng(3)
+    f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    fw = _tanh_rnn(f32(3, 4), 0.5 * f32(4, 4))
+    bw = _tanh_rnn(f32(3, 4), 0.5 * f32(4, 4))
     lengths = [2, 6, 4]
-    x = jax.random.normal(keys[4], (3, 6, 3))
+    x = f32(3, 6, 3)
     mask = padding_mask(jnp.array(lengths), length=6)
     x = jnp.where(mask[..., None], x, 7.0)  # non-zero padding, as after an embedding lookup
-    out = masked_bidirectional_rnn(fw, bw, x, mask)
 
     def naive(x, mask):  # Keras' stock Bidirectional: flip the whole padded sequence
         y = jnp.concatenate([fw(x), jnp.flip(bw(jnp.flip(x, 1)), 1)], -1)
         return jnp.where(mask[..., None], y, 0)
 
-    out_naive = naive(x, mask)
+    @jax.jit
+    def run(x, mask):  # masked, naive and the three per-sequence runs in one compilation
+        singles = [x[r:r + 1, :n] for r, n in enumerate(lengths)]
+        alone = [jnp.concatenate([fw(a), jnp.flip(bw(jnp.flip(a, 1)), 1)], -1)[0] for a in singles]
+        return masked_bidirectional_rnn(fw, bw, x, mask), naive(x, mask), alone
+
+    out, out_naive, alones = run(x, mask)
     worst_naive = 0.0
-    for r, n in enumerate(lengths):
-        single = x[r:r + 1, :n]
-        alone = jnp.concatenate([fw(single), jnp.flip(bw(jnp.flip(single, 1)), 1)], -1)[0]
+    for r, (n, alone) in enumerate(zip(lengths, alones)):
         np.testing.assert_allclose(out[r, :n], alone, atol=1e-6)
         worst_naive = max(worst_naive, float(np.abs(out_naive[r, :n] - alone).max()))
     np.testing.assert_array_equal(out[0, 2:], 0.0)

@@ -11,14 +11,19 @@ from kexue_jax.attention import (attention, performer_attention, performer_featu
                                  performer_redraw_key)
 
 
-def _kernel_estimates(q, k, m, draws, orthogonal, seed=0):
-    """q̃·k̃ for `draws` independent projections with the bare (unbiased) features; float64."""
-    keys = jax.random.split(jax.random.key(seed), draws)
-    proj = jax.vmap(lambda key: performer_projection(key, m, q.shape[-1], orthogonal=orthogonal,
-                                                     dtype=jnp.float64))(keys)  # [draws, m, d]
+def _projections(key, draws, m, d, orthogonal, dtype=jnp.float32):
+    """`draws` independent m-row projections [draws, m, d] from one call (m a multiple of d when orthogonal):
+    the library draws each block of d rows independently, so consecutive m-row slices are independent
+    m-row projections. One draw instead of a vmap over keys, which is much slower to compile."""
+    return performer_projection(key, draws * m, d, orthogonal=orthogonal, dtype=dtype).reshape(draws, m, d)
+
+
+def _kernel_estimates(q, k, proj, ms):
+    """q̃·k̃ with the bare (unbiased) features of the first m rows of each projection in proj [draws, M, d],
+    for each m in `ms`. Returns a list of [draws] arrays."""
     feat = lambda x, p: performer_features(x[None, None, None], p, is_query=True, eps=0.0, normalize=False,
                                            stabilize=False)[0, 0, 0]  # [m]
-    return jax.vmap(lambda p: jnp.dot(feat(q, p), feat(k, p)))(proj)  # [draws]
+    return [jax.vmap(lambda p: jnp.dot(feat(q, p[:m]), feat(k, p[:m])))(proj) for m in ms]
 
 
 def test_unbiased_and_relative_mse_matches_closed_form_with_slope_minus_one():
@@ -29,39 +34,54 @@ def test_unbiased_and_relative_mse_matches_closed_form_with_slope_minus_one():
         q *= 0.35 / np.linalg.norm(q)
         k = rng.normal(size=d)
         k *= 0.35 / np.linalg.norm(k)
+        exact = float(np.exp(q @ k))
+        rel_var = float(np.expm1(np.sum((q + k) ** 2)))  # per-feature relative variance, closed form
         q, k = jnp.asarray(q), jnp.asarray(k)
-        exact = float(jnp.exp(q @ k))
-        rel_var = float(jnp.expm1(jnp.sum((q + k) ** 2)))  # per-feature relative variance, closed form
-        draws, ms, mses = 4000, (2, 8, 32), []
-        for m in ms:
-            ratio = np.asarray(_kernel_estimates(q, k, m, draws, orthogonal=False, seed=m)) / exact
+        draws, ms = 4000, (2, 8, 32)
+
+        @jax.jit
+        def run(q, k, key_iid, key_orth):
+            # the iid estimates for m = 2, 8 use the first m rows of each m = 32 draw (rows of an iid
+            # projection are iid, so each is an exact m-feature draw; the three MSEs are correlated, not biased)
+            iid = _projections(key_iid, draws, max(ms), d, orthogonal=False, dtype=jnp.float64)
+            orth = _projections(key_orth, draws, 8, d, orthogonal=True, dtype=jnp.float64)
+            return _kernel_estimates(q, k, iid, ms) + _kernel_estimates(q, k, orth, (8,))
+
+        estimates = run(q, k, jax.random.key(0), jax.random.key(99))
+        mses = []
+        for m, est in zip(ms, estimates):
+            ratio = np.asarray(est) / exact
             mse = float(np.mean((ratio - 1) ** 2))
             np.testing.assert_allclose(mse, rel_var / m, rtol=0.15)
             assert abs(ratio.mean() - 1) < 4 * np.sqrt(rel_var / (m * draws))  # unbiased within 4 s.e.
             mses.append(mse)
         slope = np.polyfit(np.log(ms), np.log(mses), 1)[0]
         assert -1.1 < slope < -0.9
-        ratio_orth = np.asarray(_kernel_estimates(q, k, 8, draws, orthogonal=True, seed=99)) / exact
+        ratio_orth = np.asarray(estimates[-1]) / exact
         assert abs(ratio_orth.mean() - 1) < 4 * np.sqrt(rel_var / (8 * draws))  # orthogonal: still unbiased
 
 
 def test_orthogonal_projection_blocks_norms_and_haar_signs():
     d, m = 6, 15  # two full blocks and a partial one
-    proj = performer_projection(jax.random.key(1), m, d)
-    directions = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
+
+    @jax.jit
+    def draw(key1, key2, key3):  # one compilation for every projection below
+        return (performer_projection(key1, m, d), performer_projection(key1, m, d, scaling="sqrt_dim"),
+                _projections(key2, 400, d, d, orthogonal=True),  # 400 independent d x d blocks
+                jnp.linalg.qr(jax.random.normal(key3, (400, d, d)))[0])
+
+    proj, fixed, many, q_plain = (np.asarray(a, np.float64) for a in draw(*(jax.random.key(i) for i in (1, 2, 3))))
+    directions = proj / np.linalg.norm(proj, axis=-1, keepdims=True)
     for block in (directions[:6], directions[6:12], directions[12:]):
         np.testing.assert_allclose(block @ block.T, np.eye(block.shape[0]), atol=1e-5)
-    fixed = performer_projection(jax.random.key(1), m, d, scaling="sqrt_dim")
-    np.testing.assert_allclose(jnp.linalg.norm(fixed, axis=-1), np.sqrt(d), rtol=1e-5)
-    many = jax.vmap(lambda key: performer_projection(key, d, d))(jax.random.split(jax.random.key(2), 400))
-    norms = np.asarray(jnp.linalg.norm(many, axis=-1)).ravel()
+    np.testing.assert_allclose(np.linalg.norm(fixed, axis=-1), np.sqrt(d), rtol=1e-5)
+    norms = np.linalg.norm(many, axis=-1).ravel()
     assert stats.kstest(norms, stats.chi(d).cdf).pvalue > 1e-3  # row norms ~ chi(d)
-    first = np.asarray(many[:, 0, 0] / jnp.linalg.norm(many[:, 0], axis=-1))
+    first = many[:, 0, 0] / np.linalg.norm(many[:, 0], axis=-1)
     assert stats.binomtest(int(np.sum(first > 0)), first.size).pvalue > 1e-3  # symmetric, as for Haar
     assert stats.kstest(first ** 2, stats.beta(0.5, (d - 1) / 2).cdf).pvalue > 1e-3
     # negative control: uncorrected QR fixes the sign of Q[0, 0], so its directions are not Haar
-    q_plain = jnp.linalg.qr(jax.random.normal(jax.random.key(3), (400, d, d)))[0]
-    assert np.all(np.asarray(q_plain[:, 0, 0]) > 0) or np.all(np.asarray(q_plain[:, 0, 0]) < 0)
+    assert np.all(q_plain[:, 0, 0] > 0) or np.all(q_plain[:, 0, 0] < 0)
 
 
 def test_stabilisers_keep_features_positive_and_cancel_in_the_output():
@@ -69,53 +89,65 @@ def test_stabilisers_keep_features_positive_and_cancel_in_the_output():
     q = jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32)
     v = jnp.asarray(rng.normal(size=(2, 5, 2, 3)), jnp.float32)
-    proj = performer_projection(jax.random.key(5), 32, 8)
-    feats = lambda x, is_query, stab: performer_features(x, proj, is_query=is_query, eps=0.0, stabilize=stab)
-    plain = jnp.einsum("bthm,bshm->bhts", feats(q, True, False), feats(k, False, False))
-    stab = jnp.einsum("bthm,bshm->bhts", feats(q, True, True), feats(k, False, True))
+    @jax.jit
+    def run(q, k, key):  # one compilation
+        proj = performer_projection(key, 32, 8)
+        feats = lambda x, is_query, stab: performer_features(x, proj, is_query=is_query, eps=0.0, stabilize=stab)
+        return (jnp.einsum("bthm,bshm->bhts", feats(q, True, False), feats(k, False, False)),
+                jnp.einsum("bthm,bshm->bhts", feats(q, True, True), feats(k, False, True)),
+                performer_features(30 * q, proj, is_query=True, eps=0.0),
+                performer_features(30 * k, proj, is_query=False),
+                performer_features(30 * q, proj, is_query=True, eps=0.0, stabilize=False))
+
+    plain, stab, big, big_keys, naive = (np.asarray(a) for a in run(q, k, jax.random.key(5)))
     # the shifts are a positive factor per query row and per (batch, head): row-normalised weights agree
     np.testing.assert_allclose(stab / stab.sum(-1, keepdims=True), plain / plain.sum(-1, keepdims=True),
                                rtol=1e-5, atol=1e-7)
-    big = performer_features(30 * q, proj, is_query=True, eps=0.0)
-    np.testing.assert_allclose(jnp.max(big, axis=-1), 32 ** -0.5, rtol=1e-6)  # largest feature is exactly 1/√m
-    big_keys = performer_features(30 * k, proj, is_query=False)
-    assert np.all(np.isfinite(big_keys)) and np.all(np.asarray(big_keys) > 0)
-    naive = performer_features(30 * q, proj, is_query=True, eps=0.0, stabilize=False)
-    assert np.all(np.asarray(naive) == 0)  # negative control: without the shift e^{−‖q‖²/2} underflows to 0
+    np.testing.assert_allclose(np.max(big, axis=-1), 32 ** -0.5, rtol=1e-6)  # largest feature is exactly 1/√m
+    assert np.all(np.isfinite(big_keys)) and np.all(big_keys > 0)
+    assert np.all(naive == 0)  # negative control: without the shift e^{−‖q‖²/2} underflows to 0
 
 
 def test_causal_performer_equals_masked_quadratic_form_of_its_features():
     rng = np.random.default_rng(6)
     q, k, v = (jnp.asarray(rng.normal(size=(1, 8, 2, 4)), jnp.float32) for _ in range(3))
-    proj = performer_projection(jax.random.key(7), 16, 4)
-    fq = performer_features(q, proj, is_query=True)
-    fk = performer_features(k, proj, is_query=False)
-    a = jnp.einsum("bthm,bshm->bhts", fq, fk) * jnp.tril(jnp.ones((1, 1, 8, 8)))
-    ref = jnp.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
-    np.testing.assert_allclose(performer_attention(q, k, v, projection=proj, causal=True, chunk_size=4), ref,
-                               rtol=1e-5, atol=1e-6)
+    @jax.jit
+    def run(q, k, v, key):
+        proj = performer_projection(key, 16, 4)
+        fq = performer_features(q, proj, is_query=True)
+        fk = performer_features(k, proj, is_query=False)
+        a = jnp.einsum("bthm,bshm->bhts", fq, fk) * jnp.tril(jnp.ones((1, 1, 8, 8)))
+        ref = jnp.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
+        return performer_attention(q, k, v, projection=proj, causal=True, chunk_size=4), ref
+
+    out, ref = run(q, k, v, jax.random.key(7))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_google_unit_test_thresholds():
     # fast_attention_test.py: q = k (same key), d = 8, v dim 10, length 2, 10,000 features, no stabiliser.
     q = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 1, 8))
     v = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 1, 10))
-    exact = attention(q, q, v, implementation="einsum")
-    keys = jax.random.split(jax.random.key(8), 12)
-    rel = jax.jit(jax.vmap(lambda key, orthogonal: jnp.max(jnp.abs(
-        (exact - performer_attention(q, q, v, key=key, num_features=10000, orthogonal=orthogonal, eps=0.0))
-        / exact)), in_axes=(0, None)), static_argnums=1)
-    iid, ortho = np.asarray(rel(keys, False)), np.asarray(rel(keys, True))
+    # causal toy: q = k = 1, v = e_1 at the first step -> 1, 1/2, 1/3 (error < 0.02)
+    ones, value = jnp.ones((1, 3, 1, 1)), jnp.zeros((1, 3, 1, 1)).at[0, 0, 0, 0].set(1.0)
+
+    @jax.jit
+    def run(q, v, key, ones, value):  # every draw of both tests in one compilation
+        exact = attention(q, q, v, implementation="einsum")
+        draw = lambda orthogonal: _projections(key, 12, 10000, 8, orthogonal=orthogonal)  # 12 draws
+        rel = lambda projections: jax.vmap(lambda p: jnp.max(jnp.abs(
+            (exact - performer_attention(q, q, v, projection=p, eps=0.0)) / exact)))(projections)
+        toy = lambda orthogonal: performer_attention(ones, ones, value, key=key, num_features=10000,
+                                                     orthogonal=orthogonal, causal=True, eps=0.0)[0, :, 0, 0]
+        return rel(draw(False)), rel(draw(True)), toy(False), toy(True)
+
+    iid, ortho, toy_iid, toy_ortho = (np.asarray(a) for a in run(q, v, jax.random.key(8), ones, value))
     # Google asserts one fixed draw (of sin/cos features); positive features with q = k are heavy-tailed,
     # so a single draw exceeds 0.33 about one time in ten: assert the median draw.
     assert np.median(iid) < 0.33
     assert max(ortho) < 2.0
-    # causal toy: q = k = 1, v = e_1 at the first step -> 1, 1/2, 1/3 (error < 0.02)
-    ones, value = jnp.ones((1, 3, 1, 1)), jnp.zeros((1, 3, 1, 1)).at[0, 0, 0, 0].set(1.0)
-    for orthogonal in (False, True):
-        out = performer_attention(ones, ones, value, key=keys[0], num_features=10000, orthogonal=orthogonal,
-                                  causal=True, eps=0.0)
-        np.testing.assert_allclose(out[0, :, 0, 0], [1.0, 0.5, 1 / 3], atol=0.02)
+    for toy in (toy_iid, toy_ortho):
+        np.testing.assert_allclose(toy, [1.0, 0.5, 1 / 3], atol=0.02)
 
 
 def test_redraw_key_is_constant_within_a_period():

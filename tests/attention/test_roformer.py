@@ -1,6 +1,8 @@
 """RoFormerV2: exact parameter counts (eval_shape), no bias/scale/offset leaves, the init std, the
 forward pass against a float64 NumPy transcription of spec §9.1, α = 0 gives Norm(x), and UNILM source
 invariance through the whole model."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +34,8 @@ def test_parameter_counts_and_no_bias_or_norm_parameters(make, expected):
 
 def test_init_std_is_one_over_sqrt_fan_over_sqrt_depth():
     np.testing.assert_allclose(1 / stats.truncnorm(-2, 2).std(), TRUNCATED_NORMAL_STD_CORRECTION, rtol=1e-8)
-    config = RoFormerV2Config(vocab_size=12000, hidden_size=64, num_layers=4, num_heads=2, intermediate_size=256)
-    model = RoFormerV2(config, rngs=nnx.Rngs(0))
+    config = RoFormerV2Config(vocab_size=12000, hidden_size=64, num_layers=3, num_heads=2, intermediate_size=256)
+    model = nnx.jit(lambda: RoFormerV2(config, rngs=nnx.Rngs(0)))()  # one compiled init
     depth = config.num_layers ** -0.5
     checks = {"token_embedding": 64, "segment_embedding": 64}  # tables: fan = shape[1]
     for path, leaf in _leaves(model):
@@ -48,10 +50,12 @@ def test_init_std_is_one_over_sqrt_fan_over_sqrt_depth():
     assert init(jax.random.key(0), (5, 32)).std() < 1.3 / np.sqrt(32) * 0.5  # shape[0] < 10: fan = shape[1]
 
 
+@functools.lru_cache(maxsize=None)
 def _tiny(seed=0):
+    """A 2-layer model, built once per seed for the whole module (no test mutates it)."""
     config = RoFormerV2Config(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24,
                               dropout_rate=0.0)
-    return RoFormerV2(config, rngs=nnx.Rngs(seed))
+    return nnx.jit(lambda: RoFormerV2(config, rngs=nnx.Rngs(seed)))()  # one compiled init
 
 
 def _reference(model, ids, segs, extra_mask=None):
@@ -86,39 +90,48 @@ def test_forward_matches_float64_transcription_of_the_spec():
     model = _tiny()
     ids = jnp.array([[5, 7, 9, 11, 0, 0], [3, 4, 5, 6, 7, 8]])
     segs = jnp.array([[0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]])
-    hidden = model(ids, segs, deterministic=True)
+
+    @nnx.jit
+    def run(model, ids, segs):  # both forward passes in one compilation
+        hidden = model(ids, segs, deterministic=True)
+        um = unilm_mask(segs)  # a UNILM mask on top of the padding mask
+        return hidden, model.mlm_logits(hidden), model(ids, segs, mask=um, deterministic=True), um
+
+    hidden, logits, hidden_unilm, um = run(model, ids, segs)
     ref_hidden, ref_logits = _reference(model, np.asarray(ids), np.asarray(segs))
     valid = np.asarray(ids) != 0
     np.testing.assert_allclose(np.asarray(hidden)[valid], ref_hidden[valid], atol=2e-5)
-    np.testing.assert_allclose(np.asarray(model.mlm_logits(hidden))[valid], ref_logits[valid], atol=1e-4)
-    # with a UNILM mask on top of the padding mask
-    um = unilm_mask(segs)
-    hidden = model(ids, segs, mask=um, deterministic=True)
-    np.testing.assert_allclose(np.asarray(hidden)[valid], _reference(model, np.asarray(ids), np.asarray(segs),
-                                                                     um)[0][valid], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(logits)[valid], ref_logits[valid], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(hidden_unilm)[valid], _reference(model, np.asarray(ids), np.asarray(segs),
+                                                                           um)[0][valid], atol=2e-5)
 
 
 def test_alpha_zero_gives_the_norm_of_the_embeddings():
-    model = _tiny(1)
+    model = _tiny()
     ids = jnp.array([[5, 7, 9, 11]])
-    emb = model.token_embedding(ids) + model.segment_embedding(jnp.zeros_like(ids))
-    out = model(ids, alpha=0.0)
-    composed = rms_norm(emb)
-    for _ in range(2 * model.config.num_layers):  # each post-norm sublayer is Norm(x + 0·F(x)) = Norm(x)
-        composed = rms_norm(composed)
+
+    @nnx.jit
+    def run(model, ids):
+        emb = model.token_embedding(ids) + model.segment_embedding(jnp.zeros_like(ids))
+        composed = rms_norm(emb)
+        for _ in range(2 * model.config.num_layers):  # each post-norm sublayer is Norm(x + 0·F(x)) = Norm(x)
+            composed = rms_norm(composed)
+        return model(ids, alpha=0.0), composed, rms_norm(emb), model(ids, alpha=1.0)
+
+    out, composed, norm_emb, out_alpha1 = run(model, ids)
     np.testing.assert_allclose(out, composed, atol=1e-6)
     # Norm is idempotent up to ε and float32 rounding of 2L + 1 normalisations (~10 ulps each)
-    np.testing.assert_allclose(out, rms_norm(emb), atol=1e-5)
-    assert np.abs(model(ids, alpha=1.0) - rms_norm(emb)).max() > 1e-2
+    np.testing.assert_allclose(out, norm_emb, atol=1e-5)
+    assert np.abs(out_alpha1 - norm_emb).max() > 1e-2
 
 
 def test_perturbing_a_target_token_leaves_source_states_exactly_unchanged():
-    model = _tiny(2)
+    model = _tiny()
     segs = jnp.array([[0, 0, 0, 1, 1, 1]])
     ids = jnp.array([[5, 6, 7, 8, 9, 10]])
     mask = combine_masks(unilm_mask(segs))
-    a = model(ids, segs, mask=mask)
-    b = model(ids.at[0, 5].set(30), segs, mask=mask)
+    a, b = nnx.jit(lambda model, ids, ids2: (model(ids, segs, mask=mask), model(ids2, segs, mask=mask)))(
+        model, ids, ids.at[0, 5].set(30))
     np.testing.assert_array_equal(a[0, :5], b[0, :5])
     assert np.abs(a[0, 5] - b[0, 5]).max() > 1e-3
 
@@ -141,4 +154,4 @@ def test_bad_call_inputs():
     with pytest.raises(ValueError, match=r"`segment_ids` must have shape \(1, 3\)"):
         model(jnp.ones((1, 3), int), jnp.zeros((1, 4), int))
     with pytest.raises(ValueError, match=r"`config` must be a RoFormerV2Config"):
-        RoFormerV2(dict(), rngs=nnx.Rngs(0))
+        nnx.eval_shape(lambda: RoFormerV2(dict(), rngs=nnx.Rngs(0)))

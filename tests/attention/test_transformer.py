@@ -10,24 +10,33 @@ from kexue_jax.attention import GatedAttentionUnit, TransformerBlock, causal_mas
 
 
 def test_rms_norm_has_unit_mean_square_and_no_parameters():
-    x = 3 * jax.random.normal(jax.random.key(0), (2, 5, 16)) + 1
+    x = 3 * np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32) + 1
     np.testing.assert_allclose(jnp.mean(rms_norm(x) ** 2, axis=-1), 1.0, rtol=1e-5)
-    block = TransformerBlock(16, 2, 32, rngs=nnx.Rngs(0))
+    block = nnx.eval_shape(lambda: TransformerBlock(16, 2, 32, rngs=nnx.Rngs(0)))  # shapes only, no compile
     assert all(leaf.ndim == 2 for leaf in jax.tree.leaves(nnx.state(block, nnx.Param)))  # kernels only
-    with_params = TransformerBlock(16, 2, 32, norm="layer", norm_params=True, use_bias=True, rngs=nnx.Rngs(0))
+    with_params = nnx.eval_shape(lambda: TransformerBlock(16, 2, 32, norm="layer", norm_params=True, use_bias=True,
+                                                          rngs=nnx.Rngs(0)))
     assert len(jax.tree.leaves(nnx.state(with_params, nnx.Param))) == 6 + 6 + 4  # kernels, biases, γ/β
 
 
 def test_alpha_warmup_residual_endpoints():
-    x = jax.random.normal(jax.random.key(1), (2, 5, 16))
-    post = TransformerBlock(16, 2, 32, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(post(x, alpha=0.0), rms_norm(rms_norm(x)), atol=1e-6)
-    h = rms_norm(x + post.attention(x))
-    np.testing.assert_allclose(post(x, alpha=1.0), rms_norm(h + post.ffn(h)), atol=1e-5)
-    pre = TransformerBlock(16, 2, 32, placement="pre", rngs=nnx.Rngs(0))
-    np.testing.assert_array_equal(pre(x, alpha=0.0), x)
-    h = x + 0.5 * pre.attention(rms_norm(x))
-    np.testing.assert_allclose(pre(x, alpha=0.5), h + 0.5 * pre.ffn(rms_norm(h)), atol=1e-5)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 16)), jnp.float32)
+
+    @nnx.jit
+    def run(x):  # init and every forward pass in one compilation
+        post = TransformerBlock(16, 2, 32, rngs=nnx.Rngs(0))
+        pre = TransformerBlock(16, 2, 32, placement="pre", rngs=nnx.Rngs(0))
+        h_post = rms_norm(x + post.attention(x))
+        h_pre = x + 0.5 * pre.attention(rms_norm(x))
+        return dict(post0=post(x, alpha=0.0), norm2=rms_norm(rms_norm(x)), post1=post(x, alpha=1.0),
+                    post1_ref=rms_norm(h_post + post.ffn(h_post)), pre0=pre(x, alpha=0.0),
+                    pre_half=pre(x, alpha=0.5), pre_half_ref=h_pre + 0.5 * pre.ffn(rms_norm(h_pre)))
+
+    r = run(x)
+    np.testing.assert_allclose(r["post0"], r["norm2"], atol=1e-6)
+    np.testing.assert_allclose(r["post1"], r["post1_ref"], atol=1e-5)
+    np.testing.assert_array_equal(r["pre0"], x)
+    np.testing.assert_allclose(r["pre_half"], r["pre_half_ref"], atol=1e-5)
 
 
 def _gau_reference(gau, x, mask, normalization):
@@ -56,13 +65,17 @@ def _gau_reference(gau, x, mask, normalization):
 
 @pytest.mark.parametrize("normalization", ["squared_relu", "softmax"])
 def test_gau_matches_bert4keras_transcription(normalization):
-    gau = GatedAttentionUnit(8, units=12, key_size=6, normalization=normalization, rngs=nnx.Rngs(0))
+    gau = nnx.jit(lambda: GatedAttentionUnit(8, units=12, key_size=6, normalization=normalization,
+                                             rngs=nnx.Rngs(0)))()  # one compiled init
     # non-trivial γ, β so that q ≠ k
-    gau.q_scale[...] = 1 + 0.3 * jax.random.normal(jax.random.key(2), (6,))
-    gau.k_offset[...] = 0.2 * jax.random.normal(jax.random.key(3), (6,))
-    x = jax.random.normal(jax.random.key(4), (2, 5, 8))
-    mask = jnp.stack([causal_mask(5), jnp.ones((5, 5), bool).at[:, 3:].set(False)])  # [b, t, s]
-    np.testing.assert_allclose(gau(x, mask=mask), _gau_reference(gau, x, mask, normalization), atol=1e-5)
+    rng = np.random.default_rng(2)
+    gau.q_scale[...] = jnp.asarray(1 + 0.3 * rng.normal(size=6), jnp.float32)
+    gau.k_offset[...] = jnp.asarray(0.2 * rng.normal(size=6), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+    mask = np.stack([np.tril(np.ones((5, 5), bool)), np.arange(5)[None, :] < np.full((5, 1), 3)])  # [b, t, s]
+    np.testing.assert_array_equal(mask[0], causal_mask(5))
+    out = nnx.jit(lambda gau, x, mask: gau(x, mask=mask))(gau, x, jnp.asarray(mask))
+    np.testing.assert_allclose(out, _gau_reference(gau, x, mask, normalization), atol=1e-5)
 
 
 @pytest.mark.parametrize("make, match", [
@@ -77,4 +90,4 @@ def test_gau_matches_bert4keras_transcription(normalization):
 ])
 def test_bad_inputs(make, match):
     with pytest.raises(ValueError, match=match):
-        make()
+        nnx.eval_shape(make)  # validation runs before any parameter exists; no init is compiled

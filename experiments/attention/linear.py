@@ -1,0 +1,56 @@
+"""From Performer to linear attention: FAVOR+'s error vs the number of features, and a retrieval task.
+
+Article: Transformer升级之路：3、从Performer到线性Attention, https://kexue.fm/archives/8338
+         (Performer: 线性Transformer应该不是你要等的那个模型 / 7921)
+Paper:   Choromanski et al. 2021, "Rethinking Attention with Performers", arXiv:2009.14794;
+         Katharopoulos et al. 2020, "Transformers are RNNs", arXiv:2006.16236.
+
+Command:
+    python -m experiments.main --config experiments/attention/linear.py --workdir /tmp/linear
+    python -m experiments.main --config experiments/attention/linear.py:smoke --workdir /tmp/linear_smoke
+
+Setup (spec nlp_attention_losses.md §6.6).
+(1) Approximation: n = 256, head dim d = 64, q, k ~ N(0, 0.5² I), v ~ N(0, I); the mean squared error of
+    `performer_attention` (softmax's 1/√d folded in, Google's stabilisers) against exact softmax attention,
+    for m = 16 … 1024, iid vs orthogonal (chi-norm) features, averaged over 8 inputs × 8 projections; the
+    fitted log-log slope of MSE vs m.
+(2) Associative recall: 127 (key, value) tokens with distinct keys (128 possible keys, 16 values; key and
+    value embeddings summed per position) and a final query key; predict its value (chance 1/16) from the
+    last position. 2 pre-norm layers, d = 64, 2 heads of size 32, bidirectional attention, Adam 1e-3,
+    batch 64. Kernels: softmax (`attention`), 1 + elu linear attention with key size m = head size,
+    exp-activation linear attention with m = 4 × head size (Su's recipe: the q/k projections are
+    4× wider) and FAVOR+ with m = 4 × head size (features redrawn every step).
+
+Expected: slope ≈ −1 (spec §6.6 prototype: MSE 5.6e-3 → 2.4e-4 for m = 16 → 1024, iid, a different q/k
+scale); softmax ≥ exp-linear(4d) > elu-linear(d) on the bidirectional retrieval. Measured numbers are in
+README.md / results/RESULTS.md (full scale, 2-core CPU).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    smoke = arg == "smoke"
+    config = ml_collections.ConfigDict()
+    config.runner = "kexue_jax.attention.experiments.run_linear"
+    config.article = dict(id="8338", title="Transformer升级之路：3、从Performer到线性Attention", slug="linear")
+    config.reports = [
+        dict(metric="approx/iid/loglog_slope", reference=-1.0, reference_note="Monte Carlo rate 1/m (spec §6.6)"),
+        dict(metric="approx/orthogonal/loglog_slope", reference=-1.0, reference_note="Monte Carlo rate 1/m (spec §6.6)"),
+        dict(metric="approx/iid/mse_min_m", reference=5.6e-3, reference_note="spec §6.6 prototype, m = 16 (iid)"),
+        dict(metric="recall/softmax/accuracy", reference_metric="recall/chance_accuracy"),
+        dict(metric="recall/elu_linear/accuracy", reference_metric="recall/softmax/accuracy"),
+        dict(metric="recall/exp_linear_4d/accuracy", reference_metric="recall/softmax/accuracy"),
+        dict(metric="recall/favor_4d/accuracy", reference_metric="recall/softmax/accuracy"),
+    ]
+    config.seed = 0
+    config.approx = ml_collections.ConfigDict(dict(
+        length=32 if smoke else 256, head_dim=16 if smoke else 64,
+        features=(16, 64) if smoke else (16, 32, 64, 128, 256, 512, 1024),
+        draws=2 if smoke else 8, inputs=2 if smoke else 8, qk_scale=0.5))
+    config.recall = ml_collections.ConfigDict(dict(
+        kernels=("softmax", "elu_linear", "exp_linear_4d", "favor_4d"),
+        seq_len=16 if smoke else 128, num_keys=16 if smoke else 128, num_values=16,
+        d_model=16 if smoke else 64, num_heads=2, head_dim=8 if smoke else 32, num_layers=1 if smoke else 2,
+        batch_size=8 if smoke else 64, learning_rate=1e-3, num_steps=4 if smoke else 3000,
+        log_every=2 if smoke else 100, eval_size=64 if smoke else 2048))
+    return config
