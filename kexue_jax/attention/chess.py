@@ -33,6 +33,7 @@ from flax import nnx
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, tile_cache
 from kexue_jax.data import xiangqi as xq
+from kexue_jax.core.metrics import write_results
 
 __all__ = ["MAX_MOVES", "move_ids", "score_moves", "choose_moves", "greedy_next_moves", "curriculum_maxlen",
            "lm_loss", "play_vs_policy", "run"]
@@ -323,6 +324,4 @@ def run(config, workdir: str) -> dict:
         "eval/num_positions": float(len(positions)),
         "time/corpus_s": corpus_s, "time/train_s": train_s, "time/total_s": time.time() - t0,
     })
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    return results
+    return write_results(workdir, results)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import time
 from typing import Any, Callable
@@ -29,16 +28,12 @@ from kexue_jax.attention.performer import performer_attention, performer_project
 from kexue_jax.attention.roformer import RoFormerV2, RoFormerV2Config
 from kexue_jax.attention.rope import apply_rope
 from kexue_jax.attention.transformer import layer_norm, rms_norm
+from kexue_jax.core.metrics import write_results
 
 __all__ = ["run_deepnorm", "run_linear", "run_roformer", "run_rope", "char_corpus"]
 
 
-def _write(workdir: str, results: dict) -> dict:
-    os.makedirs(workdir, exist_ok=True)
-    results = {k: float(v) for k, v in results.items()}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    return results
+_write = write_results
 
 
 def _plt():

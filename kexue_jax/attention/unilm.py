@@ -21,7 +21,6 @@ Final = (Accuracy + F1) / 2. Here a "character" is a token.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 import unicodedata
@@ -35,6 +34,7 @@ from flax import nnx
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, full_recompute_step_fn
 from kexue_jax.data import qa
+from kexue_jax.core.metrics import write_results
 
 __all__ = ["vote", "extractive_allowed", "extractive_update", "normalize_text", "exact_match", "char_f1",
            "final_score", "make_vote_step", "answer_questions", "seq2seq_loss", "run"]
@@ -285,9 +285,7 @@ def run(config, workdir: str) -> dict:
     res["time/decode_cached_examples_per_s"] = len(sub) / (time.time() - t3)
     res["eval/cache_vs_recompute_agreement"] = float(np.mean([np.array_equal(a, b) for a, b in zip(slow, fast)]))
     res["time/total_s"] = time.time() - t0
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1, sort_keys=True)
-    return res
+    return write_results(workdir, res)
 
 
 def _is_sub(p: np.ndarray, q: np.ndarray) -> bool:

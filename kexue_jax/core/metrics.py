@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["MetricWriter", "Progress", "save_image_grid", "plot_curves", "read_jsonl"]
+__all__ = ["MetricWriter", "Progress", "save_image_grid", "plot_curves", "read_jsonl", "write_results"]
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -21,6 +21,21 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> dict[str, float]:
+    """Writes a runner's final metrics to `workdir/results.json` (the experiment contract) and returns them.
+
+    Values are cast to float; the file is written to a temporary name and renamed, so a reader never sees
+    half a file.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    results = {k: float(np.asarray(v)) for k, v in results.items()}
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return results
 
 
 class MetricWriter:

@@ -27,7 +27,6 @@ Config keys read here (all set explicitly in each experiment config):
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -309,8 +308,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
         metrics_lib.plot_curves(metrics_lib.read_jsonl(writer.path), ["train/loss"],
                                 os.path.join(workdir, "train_loss.png"))
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1, sort_keys=True)
+        metrics_lib.write_results(workdir, results)
     return results
 
 

@@ -46,6 +46,7 @@ import optax
 from kexue_jax.optim.exponentiated_gradient import eg_sgd, eg_step_size_adaptation
 from kexue_jax.optim.hypergradient import hypergradient_descent
 from kexue_jax.optim.stats import optimizer_stats
+from kexue_jax.core.metrics import write_results
 
 BASES = ("sgd", "sgdm", "adam")
 MODES = ("gains", "scale", "both")
@@ -652,7 +653,4 @@ def run(config, workdir: str) -> dict[str, float]:
   if config.get("shift") and config.shift.get("enabled", True):
     results.update(shift_experiment(config, workdir))
   results["grid/seconds"] = time.time() - t0
-  results = {k: float(v) for k, v in results.items()}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1, sort_keys=True)
-  return results
+  return write_results(workdir, results)

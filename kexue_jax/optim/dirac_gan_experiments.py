@@ -11,7 +11,6 @@ A second figure integrates the continuous-time fields with RK4 (the article's pi
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 
 from kexue_jax.optim.dirac_gan import dirac_gan_field, integrate_field, train_dirac_gan
+from kexue_jax.core.metrics import write_results
 
 # name -> (variant, kwargs of dirac_gan_field); λ and c as in the author's gan_numeric.py.
 VARIANTS = {
@@ -105,7 +105,4 @@ def run(config, workdir: str) -> dict[str, float]:
   fig.savefig(os.path.join(workdir, "dirac_gan_ode.png"), dpi=110)
   plt.close(fig)
 
-  res = {k: float(v) for k, v in res.items()}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(res, f, indent=1, sort_keys=True)
-  return res
+  return write_results(workdir, res)

@@ -14,13 +14,14 @@ Article: 从动力学角度看优化算法（一）：从SGD到动量加速 (htt
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from kexue_jax.core.metrics import write_results
 
 
 def double_well(x):
@@ -158,7 +159,4 @@ def run(config, workdir: str) -> dict[str, float]:
   fig.savefig(os.path.join(workdir, "kappa_scaling.png"), dpi=110)
   plt.close(fig)
 
-  res = {k: float(v) for k, v in res.items()}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(res, f, indent=1, sort_keys=True)
-  return res
+  return write_results(workdir, res)
