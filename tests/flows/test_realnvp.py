@@ -1,32 +1,35 @@
 """RealNVP-specific checks (spec generative.md §4.4): checkerboard masks before each squeeze and channel
-masks after, multi-scale bookkeeping (output dimension = input dimension), identity at initialisation."""
+masks after, multi-scale bookkeeping (output dimension = input dimension), identity at initialisation.
+
+Models come from `_initialised` (tests/flows/test_bijector.py); each check runs in one compiled program."""
 import math
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from kexue_jax import flows as F
+from tests.flows.test_bijector import _fast_jit, _initialised
 
 
 def test_untrained_realnvp_is_the_identity_up_to_a_permutation():
-    model = F.RealNVP(event_shape=(8, 8, 1), num_levels=2, num_couplings=2, width=8, num_blocks=1, levels=17,
-                      rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
-    z, ld = model.forward_and_log_det(x)
+    model = _initialised(lambda rngs: F.RealNVP(event_shape=(8, 8, 1), num_levels=2, num_couplings=2, width=8,
+                                                num_blocks=1, levels=17, rngs=rngs))
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 1)).astype(np.float32)
+    z, ld, log_prob = map(np.asarray, _fast_jit(lambda m, x: m.forward_and_log_det(x) + (m.log_prob(x),),
+                                                model, x))
     assert z.shape == (3, 64)
     np.testing.assert_allclose(ld, 0.0, atol=1e-6)
     # squeezes and splits only move pixels around
-    np.testing.assert_allclose(jnp.sort(z, axis=1), jnp.sort(x.reshape(3, 64), axis=1), atol=1e-6)
-    np.testing.assert_allclose(model.log_prob(x), -0.5 * jnp.sum(x.reshape(3, -1) ** 2, 1) - 32 * math.log(2 * math.pi),
+    np.testing.assert_allclose(np.sort(z, axis=1), np.sort(x.reshape(3, 64), axis=1), atol=1e-6)
+    np.testing.assert_allclose(log_prob, -0.5 * np.sum(x.reshape(3, -1) ** 2, 1) - 32 * math.log(2 * math.pi),
                                rtol=1e-6)
 
 
 def test_checkerboard_then_channel_masks():
-    model = F.RealNVP(event_shape=(4, 4, 1), num_levels=1, num_couplings=3, width=4, rngs=nnx.Rngs(0))
+    model = _initialised(lambda rngs: F.RealNVP(event_shape=(4, 4, 1), num_levels=1, num_couplings=3, width=4,
+                                                rngs=rngs))
     kinds = [type(layer).__name__ for layer in model.flow.layers]
     assert kinds[:3] == ["AffineCoupling"] * 3 and kinds[3] == "Squeeze"
     masks = [np.asarray(layer.mask) for layer in model.flow.layers[:3]]
