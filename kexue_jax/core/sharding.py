@@ -4,7 +4,7 @@ A config names its mesh as {'data': -1, 'fsdp': 1}: 'data' replicates parameters
 'fsdp' splits the batch *and* shards each large parameter (and its optimizer state) along its largest
 divisible dimension, as big_vision and MaxText do. The step is `jax.jit` with these shardings as
 in/out shardings; XLA inserts the collectives. Explicit per-device code, where a technique needs it,
-uses `jax.shard_map` on the same mesh. No `jax.pmap`, no `jax.experimental.pjit`, no `with mesh:`.
+uses `jax.shard_map` on the same mesh. No pmap, no experimental pjit, no mesh context managers.
 
 Multi-host (TPU pods, SLURM): set `config.distributed = True`; `maybe_initialize_distributed` calls
 `jax.distributed.initialize()` (which auto-detects the cluster) before the mesh is built, and every host
