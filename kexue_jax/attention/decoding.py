@@ -100,11 +100,19 @@ def greedy_decode(step_fn: Callable, cache: Any, first_logits: jax.Array, *, max
       tokens [b, max_len] (end_id after the end), lengths [b] (tokens up to and including end_id).
     """
     first_logits = _check_common(first_logits, max_len, end_id)
+    return _decode_loop(step_fn, cache, first_logits, max_len=max_len, end_id=end_id,
+                        choose=lambda logits, t: jnp.argmax(logits, axis=-1))
+
+
+def _decode_loop(step_fn: Callable, cache: Any, first_logits: jax.Array, *, max_len: int, end_id: int | None,
+                 choose: Callable[[jax.Array, jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The scan shared by greedy and sampled decoding: `choose(logits [b, v], t) -> tokens [b]` picks each
+    step's token; rows that produced `end_id` keep emitting it and stop counting towards their length."""
     b = first_logits.shape[0]
 
-    def body(carry, _):
+    def body(carry, t):
         cache, logits, done, length = carry
-        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [b]
+        tok = choose(logits, t).astype(jnp.int32)  # [b]
         if end_id is not None:
             tok = jnp.where(done, end_id, tok)
             length = length + (~done).astype(jnp.int32)
@@ -115,7 +123,7 @@ def greedy_decode(step_fn: Callable, cache: Any, first_logits: jax.Array, *, max
         return (cache, new_logits[:, -1], done, length), tok
 
     init = (cache, first_logits, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
-    (_, _, _, lengths), toks = jax.lax.scan(body, init, None, length=max_len)
+    (_, _, _, lengths), toks = jax.lax.scan(body, init, jnp.arange(max_len))
     return toks.T, lengths
 
 
@@ -153,24 +161,12 @@ def sample_decode(step_fn: Callable, cache: Any, first_logits: jax.Array, *, key
     first_logits = _check_common(first_logits, max_len, end_id)
     _check(isinstance(temperature, (float, int)) and temperature > 0, "temperature", "> 0", temperature)
     top_k_top_p_filter(first_logits[:1], top_k=top_k, top_p=top_p)  # validates the options eagerly
-    b = first_logits.shape[0]
 
-    def body(carry, t):
-        cache, logits, done, length = carry
+    def choose(logits, t):
         filtered = top_k_top_p_filter(logits / temperature, top_k=top_k, top_p=top_p)
-        tok = jax.random.categorical(jax.random.fold_in(key, t), filtered, axis=-1).astype(jnp.int32)
-        if end_id is not None:
-            tok = jnp.where(done, end_id, tok)
-            length = length + (~done).astype(jnp.int32)
-            done = done | (tok == end_id)
-        else:
-            length = length + 1
-        new_logits, cache = step_fn(cache, tok[:, None])
-        return (cache, new_logits[:, -1], done, length), tok
+        return jax.random.categorical(jax.random.fold_in(key, t), filtered, axis=-1)
 
-    init = (cache, first_logits, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
-    (_, _, _, lengths), toks = jax.lax.scan(body, init, jnp.arange(max_len))
-    return toks.T, lengths
+    return _decode_loop(step_fn, cache, first_logits, max_len=max_len, end_id=end_id, choose=choose)
 
 
 def beam_search(step_fn: Callable, cache: Any, first_logits: jax.Array, *, beam_size: int, max_len: int,

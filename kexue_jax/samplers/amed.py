@@ -164,14 +164,21 @@ def _nfe_amed(sigmas, *, afs=True, denoise_to_zero=False, **_):
     return 2 * (len(sigmas) - 1) - int(bool(afs)) + int(bool(denoise_to_zero))
 
 
+def _direction_and_features(den, x, sc, first_afs):
+    """The ODE direction d = (x − D(x, σ))/σ and the denoiser's bottleneck features h at σ = sc.
+
+    With AFS on the first interval no evaluation is spent: d is the analytical first step and the
+    predictor sees zero features, as in the official code.
+    """
+    if first_afs:
+        return afs_direction(x, sc), jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
+    d_raw, h = den(x, sc)
+    return (x - d_raw) / sc, h
+
+
 def _amed_interval(den, g, x, sc, sn, i, first_afs):
     """One AMED-Solver interval; returns (x_next, (r, c, a))."""
-    if first_afs:  # no evaluation: the predictor sees zero features, as in the official code
-        d = afs_direction(x, sc)
-        h = jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
-    else:
-        d_raw, h = den(x, sc)
-        d = (x - d_raw) / sc
+    d, h = _direction_and_features(den, x, sc, first_afs)
     r, c, a = g(h, sc, sn, i)
     plain = lambda y, s: den(y, s)[0]  # noqa: E731
     return amed_step(plain, x, sc, sn, d, r, c, a), (r, c, a)
@@ -220,12 +227,7 @@ def _nfe_plugin(sigmas, *, afs=False, denoise_to_zero=False, **_):
 
 def _plugin_interval(den, g, x, buf, sc, sn, i, w1, w2, first_afs):
     """One AMED-Plugin interval on iPNDM; buf [3, ...] holds d_{k−1}, d_{k−2}, d_{k−3}."""
-    if first_afs:
-        d = afs_direction(x, sc)
-        h = jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
-    else:
-        d_raw, h = den(x, sc)
-        d = (x - d_raw) / sc
+    d, h = _direction_and_features(den, x, sc, first_afs)
     r, c, a = g(h, sc, sn, i)
     s_mid = sn ** r * sc ** (1 - r)  # [b]
     sm = bcast(s_mid, x)
