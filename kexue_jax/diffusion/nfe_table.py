@@ -44,11 +44,13 @@ SAMPLERS = {
 
 def grid_for_nfe(sampler, target: int, kind: str, rho, sigma_min: float, sigma_max: float, *,
                  allow_zero: bool = True, **opts):
-    """The first grid (n = 2, 3, ...; ending at 0 when `allow_zero`, else at σ_min) with NFE = target."""
+    """The first grid (n = 2, 3, ...) with NFE = target, ending at σ_min (diff-sampler's convention: every
+    evaluation is a solver step, none is spent on a final denoise to σ = 0); a grid ending at 0 only when
+    `allow_zero` and no σ_min-ending grid has that NFE."""
     from kexue_jax import samplers
 
-    for n in range(2, target + 3):
-        for zero in ((True, False) if allow_zero else (False,)):
+    for zero in ((False, True) if allow_zero else (False,)):
+        for n in range(2, target + 3):
             sig = schedules.sigma_grid(kind, n, sigma_min, sigma_max, rho, append_zero=zero)
             try:
                 if samplers.nfe(sampler, sig, **opts) == target:
