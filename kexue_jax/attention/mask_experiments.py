@@ -32,13 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kexue_jax.attention.masks import masked_bidirectional_rnn, masked_max, padding_mask
+from kexue_jax.attention.masks import masked_bidirectional_rnn, masked_max, masked_mean, padding_mask
 from kexue_jax.core import sharding
 from kexue_jax.core.metrics import write_results
 
-__all__ = ["VARIANTS", "make_sequences", "pad_to", "init_params", "logits_fn", "train", "run"]
+__all__ = ["VARIANTS", "POOLINGS", "make_sequences", "pad_to", "init_params", "logits_fn", "train", "run"]
 
 VARIANTS = ("masked", "naive")
+POOLINGS = ("max", "mean")
 
 
 def make_sequences(rng: np.random.Generator, n: int, *, vocab: int, min_len: int, max_len: int,
@@ -82,16 +83,18 @@ def _rnn(p, x):
     return jnp.swapaxes(hs, 0, 1)
 
 
-def logits_fn(params, ids, *, variant: str):
-    """Class logits [b, C] of the BiRNN + max-pool classifier, `variant` 'masked' or 'naive'."""
+def logits_fn(params, ids, *, variant: str, pooling: str = "max"):
+    """Class logits [b, C] of the BiRNN + pooling classifier; `variant` 'masked' or 'naive', `pooling`
+    'max' or 'mean' (masked: `masked_max` / `masked_mean`; naive: over every position, padding included)."""
     x = params["embed"][ids]
     fw, bw = functools.partial(_rnn, params["fw"]), functools.partial(_rnn, params["bw"])
     if variant == "masked":
         mask = padding_mask(ids)
-        feats = masked_max(masked_bidirectional_rnn(fw, bw, x, mask), mask, axis=1)
+        y = masked_bidirectional_rnn(fw, bw, x, mask)
+        feats = masked_max(y, mask, axis=1) if pooling == "max" else masked_mean(y, mask, axis=1)
     else:  # Keras' Bidirectional without a mask: flip everything, pool over everything
         y = jnp.concatenate([fw(x), jnp.flip(bw(jnp.flip(x, axis=1)), axis=1)], axis=-1)
-        feats = jnp.max(y, axis=1)
+        feats = jnp.max(y, axis=1) if pooling == "max" else jnp.mean(y, axis=1)
     return feats @ params["out"]["w"] + params["out"]["b"][None, :]
 
 
@@ -108,9 +111,12 @@ def _check(config):
     for v in config.variants:
         if v not in VARIANTS:
             raise ValueError(f"`variants` entries must be in {VARIANTS}; got {v!r}")
+    for v in config.poolings:
+        if v not in POOLINGS:
+            raise ValueError(f"`poolings` entries must be in {POOLINGS}; got {v!r}")
 
 
-def train(config, variant: str, mesh) -> tuple[dict, np.ndarray]:
+def train(config, variant: str, mesh, pooling: str = "max") -> tuple[dict, np.ndarray]:
     """Trains one variant; returns (params, per-step losses). Batch s is drawn from (seed, s) alone."""
     c = config
     key = jax.random.key(c.seed)
@@ -121,7 +127,7 @@ def train(config, variant: str, mesh) -> tuple[dict, np.ndarray]:
     opt_state = jax.device_put(tx.init(params), rep)
 
     def loss_fn(p, ids, labels):
-        lg = logits_fn(p, ids, variant=variant)
+        lg = logits_fn(p, ids, variant=variant, pooling=pooling)
         return optax.softmax_cross_entropy_with_integer_labels(lg, labels).mean()
 
     @functools.partial(jax.jit, in_shardings=(rep, rep, bsh, bsh), out_shardings=(rep, rep, rep),
@@ -151,35 +157,37 @@ def run(config, workdir: str) -> dict:
                                             vocab=config.vocab, min_len=config.min_len, max_len=config.max_len,
                                             num_classes=config.num_classes)
     results, curves, acc_table = {}, {}, {}
-    for variant in config.variants:
+    names = [f"{v}_{p}" for p in config.poolings for v in config.variants]
+    for name in names:
+        variant, pooling = name.split("_")
         t0 = time.perf_counter()
-        params, losses = train(config, variant, mesh)
-        curves[variant] = losses
-        results[f"{variant}/final_train_loss"] = float(np.mean(losses[-max(1, config.num_steps // 10):]))
-        results[f"{variant}/train_seconds"] = time.perf_counter() - t0
-        score = jax.jit(functools.partial(logits_fn, variant=variant))
+        params, losses = train(config, variant, mesh, pooling)
+        curves[name] = losses
+        results[f"{name}/final_train_loss"] = float(np.mean(losses[-max(1, config.num_steps // 10):]))
+        results[f"{name}/train_seconds"] = time.perf_counter() - t0
+        score = jax.jit(functools.partial(logits_fn, variant=variant, pooling=pooling))
         ref = None
         for length in config.test_lens:
             lg = np.asarray(score(params, jnp.asarray(pad_to(test_seqs, length))))
             acc = float(np.mean(lg.argmax(-1) == test_labels))
-            acc_table[(variant, length)] = acc
-            results[f"{variant}/test_accuracy_len{length}"] = acc
+            acc_table[(name, length)] = acc
+            results[f"{name}/test_accuracy_len{length}"] = acc
             ref = lg if ref is None else ref
-            results[f"{variant}/max_logit_change_len{length}"] = float(np.max(np.abs(lg - ref)))
-        accs = [acc_table[(variant, n)] for n in config.test_lens]
-        results[f"{variant}/accuracy_drop"] = accs[0] - accs[-1]
+            results[f"{name}/max_logit_change_len{length}"] = float(np.max(np.abs(lg - ref)))
+        accs = [acc_table[(name, n)] for n in config.test_lens]
+        results[f"{name}/accuracy_drop"] = accs[0] - accs[-1]
     results["chance_accuracy"] = 1.0 / config.num_classes
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    for variant in config.variants:
-        ax[0].plot([acc_table[(variant, n)] for n in config.test_lens], "o-", label=variant)
-        w = max(1, len(curves[variant]) // 50)
-        ax[1].plot(np.convolve(curves[variant], np.ones(w) / w, mode="valid"), label=variant)
+    for name in names:
+        ax[0].plot([acc_table[(name, n)] for n in config.test_lens], "o-", label=name)
+        w = max(1, len(curves[name]) // 50)
+        ax[1].plot(np.convolve(curves[name], np.ones(w) / w, mode="valid"), label=name)
     ax[0].set(xticks=range(len(config.test_lens)), xticklabels=[str(n) for n in config.test_lens],
-              xlabel="test padding length", ylabel="accuracy", title="first-token label, BiRNN + max-pool")
+              xlabel="test padding length", ylabel="accuracy", title="first-token label, BiRNN + pooling")
     ax[1].set(xlabel="step", ylabel="train loss")
     for a in ax:
         a.legend(fontsize=8)

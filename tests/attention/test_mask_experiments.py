@@ -31,16 +31,18 @@ def scored():
                                      num_classes=c.num_classes)
     out = {}
     for variant in mx.VARIANTS:
-        fn = jax.jit(lambda p, ids, v=variant: mx.logits_fn(p, ids, variant=v))
-        out[variant] = [np.asarray(fn(params, jnp.asarray(mx.pad_to(seqs, n)))) for n in (16, 64)]
+        for pooling in mx.POOLINGS:
+            fn = jax.jit(lambda p, ids, v=variant, q=pooling: mx.logits_fn(p, ids, variant=v, pooling=q))
+            out[variant, pooling] = [np.asarray(fn(params, jnp.asarray(mx.pad_to(seqs, n)))) for n in (16, 64)]
     return params, seqs, labels, out
 
 
-def test_masked_logits_do_not_depend_on_padding_and_naive_ones_do(scored):
+@pytest.mark.parametrize("pooling", mx.POOLINGS)
+def test_masked_logits_do_not_depend_on_padding_and_naive_ones_do(scored, pooling):
     _, _, _, out = scored
-    short, long = out["masked"]
+    short, long = out["masked", pooling]
     np.testing.assert_allclose(long, short, rtol=1e-6, atol=1e-6)
-    short, long = out["naive"]  # negative control: the flip starts the backward RNN on padding
+    short, long = out["naive", pooling]  # negative control: the flip starts the backward RNN on padding
     assert np.max(np.abs(long - short)) > 1e-2
 
 
@@ -48,7 +50,7 @@ def test_masked_logits_equal_each_sequence_run_alone(scored):
     params, seqs, _, out = scored
     fn = jax.jit(lambda p, ids: mx.logits_fn(p, ids, variant="masked"))
     alone = np.concatenate([np.asarray(fn(params, jnp.asarray(s[None]))) for s in seqs[:6]])
-    np.testing.assert_allclose(out["masked"][0][:6], alone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["masked", "max"][0][:6], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_labels_are_first_token_mod_classes():
@@ -63,6 +65,7 @@ def test_labels_are_first_token_mod_classes():
     (dict(test_lens=(8, 24)), "every `test_lens` entry must be >= `max_len` (16)"),
     (dict(max_len=30), "need 1 <= `min_len` <= `max_len` <= `train_len`"),
     (dict(variants=("masked", "flip")), "`variants` entries must be in ('masked', 'naive'); got 'flip'"),
+    (dict(poolings=("sum",)), "`poolings` entries must be in ('max', 'mean'); got 'sum'"),
     (dict(batch_size=0), "`batch_size` must be a positive integer; got 0"),
 ])
 def test_bad_config_is_rejected_before_training(tmp_path, kw, message):
@@ -80,7 +83,7 @@ from kexue_jax.core import sharding
 c = _config(num_steps=4)
 mesh = sharding.make_mesh(c.mesh)
 assert mesh.devices.size == {devices}
-out = {{v: mx.train(c, v, mesh)[1].tolist() for v in mx.VARIANTS}}
+out = {{v: mx.train(c, v, mesh, "mean")[1].tolist() for v in mx.VARIANTS}}
 print("LOSSES" + json.dumps(out))
 """
 
