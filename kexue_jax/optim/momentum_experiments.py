@@ -1,4 +1,4 @@
-"""Momentum as a damped ODE: the shallow-minimum escape picture and κ vs √κ iteration counts (spec §3.5).
+"""Momentum as a damped ODE: escape, κ vs √κ, β-rule ablation, lr/B temperature (spec §3.5).
 
 Article: 从动力学角度看优化算法（一）：从SGD到动量加速 (https://kexue.fm/archives/5655).
 
@@ -11,6 +11,16 @@ Article: 从动力学角度看优化算法（一）：从SGD到动量加速 (htt
    step 2/(L + μ), heavy ball at Polyak's optimal α = 4/(√L + √μ)², β = ((√κ − 1)/(√κ + 1))², and Nesterov
    with α = 1/L, β = (√κ − 1)/(√κ + 1). Counted: iterations until ‖x_t‖ ≤ `tol` ‖x₀‖; the slope of
    log(iterations) against log κ is ≈ 1 for GD and ≈ 1/2 for the momentum methods.
+3. β-rule ablation: a 64-`beta_rule_hidden`-10 tanh MLP on digits, minibatch heavy ball
+   `optax.sgd(α(t), momentum=β(t))` (optax convention m ← g + βm, θ ← θ − α m) with α step-decayed ×r at
+   mid-training; β fixed at β₀ vs β(t) = `momentum_schedule` (β₀ → 1 − (1 − β₀)√r, 0.9 → 0.968). Paired:
+   both arms share each seed's initialisation and batch sequence.
+4. Temperature lr/B: minibatch SGD (sampling with replacement) on L2-regularised softmax regression on
+   digits, a grid of (lr, B), many independent chains from θ = 0, each run for the same ODE time
+   t = lr·steps. Measured per cell: the final full-batch training loss (mean over chains) and the weight
+   noise variance (across-chain variance of the final weights, averaged over the weights). The SDE view
+   says both depend on lr/B (the temperature); compared: the mismatch over pairs of cells with equal lr/B
+   against pairs with equal lr.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import numpy as np
 import optax
 
 from kexue_jax.core.metrics import write_results
+from kexue_jax.optim.momentum_ode import momentum_schedule
 
 
 def double_well(x):
@@ -82,6 +93,120 @@ def iterations_to_tol(method: str, kappa: float, *, dim: int, tol: float, max_it
 
   _, _, n = jax.jit(lambda: jax.lax.while_loop(cond, body, (x0, opt.init(x0), jnp.int32(0))))()
   return int(n)
+
+
+def _digits():
+  from kexue_jax import data
+  out = []
+  for split in ("train", "test"):
+    ds = data.load("digits", split)
+    x = ds.arrays["image"].reshape(len(ds.arrays["label"]), 64).astype(np.float32) / 16.0  # [n, 64]
+    out += [jnp.asarray(x), jnp.asarray(ds.arrays["label"])]
+  return out
+
+
+def _xent(logits, y):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def beta_rule_ablation(*, seeds, num_steps: int, batch_size: int, learning_rate: float, beta: float,
+                       decay_at: int, decay_factor: float, hidden: int) -> dict[str, np.ndarray]:
+  """Trains the digits MLP with β fixed and with the β-rule; returns per-seed arrays [S] per arm:
+  '<arm>/train_loss', '<arm>/test_loss', '<arm>/test_accuracy' (final full-split values) and the
+  full-batch training loss curve '<arm>/curve' [S, num_steps // 50]."""
+  x, y, xt, yt = _digits()
+  lr = optax.piecewise_constant_schedule(learning_rate, {int(decay_at): float(decay_factor)})
+  arms = {"fixed_beta": optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=beta),
+          "beta_rule": optax.inject_hyperparams(optax.sgd)(learning_rate=lr,
+                                                           momentum=momentum_schedule(lr, beta))}
+
+  def apply(p, xb):
+    return jnp.tanh(xb @ p["w1"] + p["b1"][None, :]) @ p["w2"] + p["b2"][None, :]
+
+  def one(seed, opt):
+    k1, k2, kb = jax.random.split(jax.random.key(seed), 3)
+    p = dict(w1=jax.random.normal(k1, (64, hidden)) / 8.0, b1=jnp.zeros(hidden),
+             w2=jax.random.normal(k2, (hidden, 10)) / np.sqrt(hidden), b2=jnp.zeros(10))
+
+    def step(carry, t):
+      p, s = carry
+      idx = jax.random.randint(jax.random.fold_in(kb, t), (batch_size,), 0, x.shape[0])
+      g = jax.grad(lambda q: _xent(apply(q, x[idx]), y[idx]))(p)
+      u, s = opt.update(g, s, p)
+      p = optax.apply_updates(p, u)
+      return (p, s), _xent(apply(p, x), y)
+
+    (p, _), curve = jax.lax.scan(step, (p, opt.init(p)), jnp.arange(num_steps))
+    lt = apply(p, xt)
+    return dict(train_loss=_xent(apply(p, x), y), test_loss=_xent(lt, yt),
+                test_accuracy=jnp.mean(lt.argmax(-1) == yt), curve=curve[::50])
+
+  out = {}
+  for arm, opt in arms.items():
+    res = jax.jit(jax.vmap(lambda sd, o=opt: one(sd, o)))(jnp.asarray(list(seeds)))
+    out.update({f"{arm}/{k}": np.asarray(v, np.float64) for k, v in res.items()})
+  return out
+
+
+def sgd_chains(loss_fn, params0, x, y, *, key, num_chains: int, learning_rate: float, batch_size: int,
+               num_steps: int):
+  """`num_chains` independent minibatch-SGD chains from `params0` on the data (x [n, ...], y [n]).
+
+  Each step draws `batch_size` indices uniformly with replacement (so the minibatch gradient has the
+  full-batch mean and 1/B times the per-example covariance) and does θ ← θ − lr ∇ loss_fn(θ, x_b, y_b).
+
+  Returns:
+    the final parameters, every leaf with a leading chain axis [num_chains, ...].
+  """
+  if not isinstance(num_steps, int) or num_steps < 1:
+    raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}")
+  grad = jax.grad(loss_fn)
+
+  def chain(k):
+    def step(p, t):
+      idx = jax.random.randint(jax.random.fold_in(k, t), (batch_size,), 0, x.shape[0])
+      g = grad(p, x[idx], y[idx])
+      return jax.tree.map(lambda a, b: a - learning_rate * b, p, g), None
+    return jax.lax.scan(step, params0, jnp.arange(num_steps))[0]
+
+  return jax.jit(jax.vmap(chain))(jax.random.split(key, num_chains))
+
+
+def weight_noise_variance(chains) -> float:
+  """Across-chain variance of every weight (ddof 0), averaged over all weights of the pytree."""
+  leaves = [np.asarray(a, np.float64).reshape(a.shape[0], -1) for a in jax.tree.leaves(chains)]
+  return float(np.mean(np.concatenate([np.var(a, axis=0) for a in leaves])))
+
+
+def pair_mismatch(table: dict, group, distance) -> float:
+  """Mean of distance(table[a], table[b]) over all unordered pairs of keys a ≠ b with group(a) == group(b)."""
+  keys = list(table)
+  ds = [distance(table[a], table[b]) for i, a in enumerate(keys) for b in keys[i + 1:] if group(a) == group(b)]
+  if not ds:
+    raise ValueError("`table` has no two keys in the same group")
+  return float(np.mean(ds))
+
+
+def temperature_grid(*, learning_rates, batch_sizes, time: float, num_chains: int, weight_decay: float,
+                     seed: int = 0) -> dict[tuple[float, int], tuple[float, float]]:
+  """{(lr, B): (final training loss averaged over chains, weight noise variance)} for softmax regression on
+  digits with L2 `weight_decay`/2·‖W‖², every cell run for round(time/lr) steps."""
+  x, y, _, _ = _digits()
+
+  def loss(p, xb, yb):
+    return _xent(xb @ p["w"] + p["b"][None, :], yb) + 0.5 * weight_decay * jnp.sum(p["w"] ** 2)
+
+  p0 = dict(w=jnp.zeros((64, 10)), b=jnp.zeros(10))
+  full = jax.jit(jax.vmap(lambda p: loss(p, x, y)))
+  out = {}
+  for lr in learning_rates:
+    for b in batch_sizes:
+      ch = sgd_chains(loss, p0, x, y, key=jax.random.key(seed), num_chains=num_chains, learning_rate=lr,
+                      batch_size=int(b), num_steps=int(round(time / lr)))
+      out[(float(lr), int(b))] = (float(jnp.mean(full(ch))), weight_noise_variance(ch))
+  return out
 
 
 def _plt():
@@ -159,4 +284,70 @@ def run(config, workdir: str) -> dict[str, float]:
   fig.savefig(os.path.join(workdir, "kappa_scaling.png"), dpi=110)
   plt.close(fig)
 
+  if config.get("beta_rule_steps"):
+    _beta_rule(config, workdir, res, plt)
+  if config.get("temperature_time"):
+    _temperature(config, workdir, res, plt)
   return write_results(workdir, res)
+
+
+def _beta_rule(config, workdir, res, plt):
+  n = int(config.beta_rule_steps)
+  out = beta_rule_ablation(seeds=list(config.beta_rule_seeds), num_steps=n, batch_size=config.beta_rule_batch,
+                           learning_rate=config.beta_rule_lr, beta=config.beta_rule_beta, decay_at=n // 2,
+                           decay_factor=config.beta_rule_decay, hidden=config.beta_rule_hidden)
+  res["beta_rule/beta_after_decay"] = 1 - (1 - config.beta_rule_beta) * np.sqrt(config.beta_rule_decay)
+  for arm in ("fixed_beta", "beta_rule"):
+    for k in ("train_loss", "test_loss", "test_accuracy"):
+      v = out[f"{arm}/{k}"]
+      res[f"beta_rule/{arm}/{k}"] = float(v.mean())
+      res[f"beta_rule/{arm}/{k}_std"] = float(v.std())
+  for k in ("train_loss", "test_loss", "test_accuracy"):
+    d = out[f"beta_rule/{k}"] - out[f"fixed_beta/{k}"]  # paired: same seed, same init and batches
+    res[f"beta_rule/diff/{k}"] = float(d.mean())
+    res[f"beta_rule/diff/{k}_sem"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for arm in ("fixed_beta", "beta_rule"):
+    c = out[f"{arm}/curve"]
+    ax.semilogy(50 * np.arange(c.shape[1]) + 1, c.mean(0), label=arm)
+  ax.axvline(n // 2, color="k", lw=0.5)
+  ax.set_xlabel("step")
+  ax.set_ylabel("full-batch training loss (mean over seeds)")
+  ax.set_title(f"digits MLP, lr ×{config.beta_rule_decay:g} at step {n // 2}")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "beta_rule.png"), dpi=110)
+  plt.close(fig)
+
+
+def _temperature(config, workdir, res, plt):
+  table = temperature_grid(learning_rates=list(config.temperature_lrs), batch_sizes=list(config.temperature_batches),
+                           time=config.temperature_time, num_chains=config.temperature_chains,
+                           weight_decay=config.temperature_weight_decay)
+  for (lr, b), (loss, var) in table.items():
+    res[f"temperature/loss/lr{lr:g}_B{b}"] = loss
+    res[f"temperature/variance/lr{lr:g}_B{b}"] = var
+  ratio = lambda k: round(k[0] / k[1], 12)  # noqa: E731
+  lr_of = lambda k: k[0]  # noqa: E731
+  var = {k: v[1] for k, v in table.items()}
+  loss = {k: v[0] for k, v in table.items()}
+  log_gap = lambda a, b: abs(np.log(a / b))  # noqa: E731
+  abs_gap = lambda a, b: abs(a - b)  # noqa: E731
+  res["temperature/variance_log_gap/equal_ratio"] = pair_mismatch(var, ratio, log_gap)
+  res["temperature/variance_log_gap/equal_lr"] = pair_mismatch(var, lr_of, log_gap)
+  res["temperature/loss_gap/equal_ratio"] = pair_mismatch(loss, ratio, abs_gap)
+  res["temperature/loss_gap/equal_lr"] = pair_mismatch(loss, lr_of, abs_gap)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for lr in config.temperature_lrs:
+    ks = [k for k in table if k[0] == float(lr)]
+    for ax, i in zip(axes, (1, 0)):
+      ax.loglog([k[0] / k[1] for k in ks], [table[k][i] for k in ks], "o-", label=f"lr {lr:g}")
+  axes[0].set_ylabel("weight noise variance (across chains)")
+  axes[1].set_ylabel("final training loss")
+  for ax in axes:
+    ax.set_xlabel("lr / B")
+    ax.legend(fontsize=7)
+  fig.suptitle(f"softmax regression on digits, SGD with replacement, time lr·steps = {config.temperature_time:g}")
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "temperature.png"), dpi=110)
+  plt.close(fig)

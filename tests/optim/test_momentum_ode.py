@@ -116,6 +116,48 @@ def test_sgd_sde_stationary_variance_matches_corrected_formula():
   assert abs(var / (sigma ** 2 * lr / k) - 1) > 0.4  # the article's exp(−L/(γσ²)) law is 2× off
 
 
+def test_minibatch_sgd_chains_variance_is_set_by_lr_over_batch():
+  # L(θ) = (1/2n) Σ (θ − a_i)²: the minibatch gradient θ − mean(a_b) has noise variance s²/B (sampling with
+  # replacement, s² the population variance of a), so θ_{t+1} − θ* = (1 − lr)(θ_t − θ*) + lr ξ and the
+  # stationary variance is lr² (s²/B) / (1 − (1 − lr)²) = lr s² / (B (2 − lr)).
+  from kexue_jax.optim import momentum_experiments as me
+  a = jnp.asarray(np.random.default_rng(0).normal(size=500) * 2.0 + 1.0)
+  s2 = float(jnp.var(a))
+  loss = lambda th, xb, yb: 0.5 * jnp.mean((th - xb) ** 2)  # noqa: E731
+  for lr, b in ((0.1, 4), (0.4, 16)):  # equal lr/B
+    ch = me.sgd_chains(loss, jnp.asarray(float(jnp.mean(a))), a, jnp.zeros(500), key=jax.random.key(1),
+                       num_chains=20000, learning_rate=lr, batch_size=b, num_steps=int(60 / lr))
+    exact = lr * s2 / (b * (2 - lr))
+    assert float(jnp.mean(ch)) == pytest.approx(float(jnp.mean(a)), abs=4 * exact ** 0.5 / 100)
+    assert me.weight_noise_variance(ch) == pytest.approx(exact, rel=0.04)  # 20 000 chains: SE 1%
+
+
+def test_weight_noise_variance_and_pair_mismatch_equal_brute_force():
+  from kexue_jax.optim import momentum_experiments as me
+  rng = np.random.default_rng(2)
+  tree = {"w": rng.normal(size=(7, 3, 2)), "b": rng.normal(size=(7, 4))}
+  per = [np.var(tree["w"][:, i, j]) for i in range(3) for j in range(2)] + [np.var(tree["b"][:, k]) for k in range(4)]
+  assert me.weight_noise_variance(tree) == pytest.approx(np.mean(per), rel=1e-12)
+  table = {(0.1, 8): 1.0, (0.2, 16): 3.0, (0.1, 16): 2.0, (0.4, 32): 7.0, (0.2, 8): 5.0}
+  ratio = lambda k: round(k[0] / k[1], 12)  # noqa: E731
+  # equal lr/B groups: {(0.1,8),(0.2,16),(0.4,32)} and {(0.1,16)}, {(0.2,8)}: pairs |1−3|, |1−7|, |3−7|.
+  assert me.pair_mismatch(table, ratio, lambda u, v: abs(u - v)) == pytest.approx((2 + 6 + 4) / 3)
+  # equal lr groups: {(0.1,8),(0.1,16)}, {(0.2,16),(0.2,8)}: pairs |1−2|, |3−5|.
+  assert me.pair_mismatch(table, lambda k: k[0], lambda u, v: abs(u - v)) == pytest.approx(1.5)
+  with pytest.raises(ValueError, match="`table` has no two keys in the same group"):
+    me.pair_mismatch({(0.1, 8): 1.0, (0.2, 8): 2.0}, lambda k: k[0], lambda u, v: abs(u - v))
+
+
+def test_beta_rule_arms_differ_only_in_beta():
+  # With no decay (ratio 1) the rule keeps β₀, so both arms must give bit-identical results.
+  from kexue_jax.optim import momentum_experiments as me
+  out = me.beta_rule_ablation(seeds=[0], num_steps=101, batch_size=8, learning_rate=0.05, beta=0.9, decay_at=30,
+                              decay_factor=1.0, hidden=4)
+  for k in ("train_loss", "test_loss", "test_accuracy"):
+    np.testing.assert_array_equal(out[f"beta_rule/{k}"], out[f"fixed_beta/{k}"])
+  assert out["fixed_beta/curve"][0, -1] < out["fixed_beta/curve"][0, 0]  # it trains
+
+
 BAD = [
     (lambda: ko.momentum_coefficients(0.0, 1.0), "`dt` must be a finite number > 0.0; got 0.0"),
     (lambda: ko.momentum_coefficients(0.1, -1.0), "`friction` must be a finite number >= 0.0; got -1.0"),
@@ -127,6 +169,9 @@ BAD = [
     (lambda: ko.sgd_stationary_variance(3.0, 1.0, 1.0), "`learning_rate` must be < 2/curvature"),
     (lambda: ko.integrate_damped_oscillator(lambda x: x, jnp.ones(()), jnp.ones(()), dt=0.1,
                                             friction=0.1, num_steps=0), "`num_steps` must be a positive int"),
+    (lambda: __import__("kexue_jax.optim.momentum_experiments", fromlist=["_"]).sgd_chains(
+        lambda p, x, y: p, jnp.zeros(()), jnp.zeros(3), jnp.zeros(3), key=jax.random.key(0), num_chains=2,
+        learning_rate=0.1, batch_size=0, num_steps=3), "`batch_size` must be a positive int; got 0"),
 ]
 
 
