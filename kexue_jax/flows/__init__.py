@@ -1,4 +1,4 @@
-"""Normalizing flows: one bijector contract; NICE, RealNVP and Glow (kexue.fm/archives/5776, 5807).
+"""Normalizing flows: one bijector contract; NICE, RealNVP, Glow and the f-VAE (kexue.fm/archives/5776, 5807, 5977).
 
 ```python
 from flax import nnx
@@ -19,6 +19,7 @@ from kexue_jax.flows.bijector import (SCALE_FNS, ActNorm, AdditiveCoupling, Affi
                                       LearnedPrior, MLPConditioner, NICEScaling, Permute, Squeeze, Unsqueeze,
                                       channel_mask, checkerboard_mask, data_dependent_init, interleaved_mask, squeeze,
                                       standard_normal_log_prob, unsqueeze)
+from kexue_jax.flows.fvae import FVAE, POSTERIOR_SCALES, ResidualMLP, fvae_loss, general_loss
 from kexue_jax.flows.glow import COUPLINGS, PERMUTATIONS, Glow, GlowStep
 from kexue_jax.flows.likelihood import bits_per_dim, check_levels, dequantize
 from kexue_jax.flows.nice import NICE
@@ -32,4 +33,5 @@ __all__ = [
     "InvertibleConv1x1", "LearnedPrior", "FactorOut", "FlowModel", "standard_normal_log_prob",
     "NICE", "RealNVP", "Glow", "GlowStep", "PERMUTATIONS", "COUPLINGS",
     "check_levels", "dequantize", "bits_per_dim", "flow_loss", "data_init", "evaluate",
+    "FVAE", "ResidualMLP", "general_loss", "fvae_loss", "POSTERIOR_SCALES",
 ]
