@@ -17,10 +17,23 @@ The predictor (official `AMED_predictor`): pooled bottleneck features h [b, f] �
 Linear(128, 4); σ_cur and σ_next → 8-channel positional embedding (sin/cos swapped) → shared Linear(8, 8)
 (Xavier-uniform) → SiLU; concat (4 + 16) → sigmoid heads for r, c, a. Features are zeros on an AFS step. It
 is trained by distillation: the teacher is Heun on the student grid with M points inserted per interval; each
-student step starts from the teacher point and regresses the next teacher point (Adam, lr 5e-3).
+student step regresses the next teacher point (Adam, lr 5e-3), starting from the teacher point for AMED-Solver
+and from the student's own previous output for a multistep plugin (as the official training loop).
 
-AMED-Plugin (iPNDM): the learned s is inserted as an extra time into iPNDM's grid, the d history runs through
-both sub-steps, and the second sub-step is scaled by c.
+AMED-Plugin (official `ipndm_sampler` / `dpm_pp_sampler` with a predictor): the learned s is inserted as an
+extra time into the base solver's grid, the history runs through both sub-steps, the denoiser of the second
+sub-step is evaluated at a·s, and c scales that sub-step's model part. Bases:
+  'ipndm'          x_next = x_mid + c·(σ_next − s)·Σ_k w_k d_{j−k} (Adams–Bashforth weights, d history);
+  'dpm_solver_pp'  multistep DPM-Solver++ in λ = −log σ with the D history and its λ's per row (s differs per
+                   row), x_next = e^{−h}·x_mid + c·Σ_k w_k(h, h₀, h₁) D_{j−k}; the weights are Lu et al.'s 2M/3M
+                   rewritten without a division by h (ψ₁ = 1 − e^{−h}, ψ₂ = e^{−h} − 1 + h, ψ₃ = ψ₂ − h²/2):
+                     order 2: ψ₁D_j + ½ψ₁(h/h₀)(D_j − D_{j−1}),
+                     order 3: ψ₁D_j + ψ₂·[(1 + k)u − kv] − ψ₃·(u − v)/(h₀ + h₁),
+                   u = (D_j − D_{j−1})/h₀, v = (D_{j−1} − D_{j−2})/h₁, k = h₀/(h₀ + h₁) (the same numbers as
+                   `dpm_solver_pp_coefficients`; tested equal on the refined grid).
+The 2N sub-steps use the base sampler's order rule on the refined grid (warm start; for DPM-Solver++,
+`dpm_solver_pp_orders` with lower_order_final; the official code lowers the final order for any N, ours, like
+`sample_dpm_solver_pp`, only when the refined grid has fewer than 10 steps).
 
 References:
     https://kexue.fm/archives/9881 (生成扩散模型漫谈（二十一）：中值定理加速ODE采样)
@@ -39,10 +52,12 @@ from flax import nnx
 
 from kexue_jax.samplers.common import (afs_direction, bcast, check_callable, check_choice, check_int,
                                        counts_nfe, refine_sigmas, scan_steps, validate_sigmas, validate_x)
+from kexue_jax.samplers.dpm_solver import dpm_solver_pp_orders
 from kexue_jax.samplers.ipndm import ipndm_weights
 
 __all__ = ["ORDER", "amed_step", "afs_direction", "AMEDPredictor", "sample_amed", "sample_amed_plugin",
-           "amed_teacher_trajectory", "amed_distillation_loss", "train_amed_predictor"]
+           "amed_teacher_trajectory", "amed_distillation_loss", "train_amed_predictor", "PLUGIN_BASES",
+           "STUDENTS"]
 
 # With r = ½, c = a = 1 the step is the geometric-midpoint rule, second order; a learned r trades the
 # asymptotic order for accuracy at a fixed small NFE.
@@ -225,56 +240,155 @@ def _nfe_plugin(sigmas, *, afs=False, denoise_to_zero=False, **_):
     return _nfe_amed(sigmas, afs=afs, denoise_to_zero=denoise_to_zero)
 
 
-def _plugin_interval(den, g, x, buf, sc, sn, i, w1, w2, first_afs):
-    """One AMED-Plugin interval on iPNDM; buf [3, ...] holds d_{k−1}, d_{k−2}, d_{k−3}."""
-    d, h = _direction_and_features(den, x, sc, first_afs)
+PLUGIN_BASES = ("ipndm", "dpm_solver_pp")
+_MAX_ORDER = {"ipndm": 4, "dpm_solver_pp": 3}  # default and largest max_order of each base
+
+
+def _check_max_order(base: str, max_order) -> int:
+    top = _MAX_ORDER[base]
+    return top if max_order is None else check_int("max_order", max_order, 1, top)
+
+
+def _plugin_coefficients(base: str, n: int, max_order: int, lower_order_final: bool):
+    """Static per-interval coefficients for N intervals (2N sub-steps), float64/int NumPy, indexed [i].
+
+    ipndm: (w1 [N, 4], w2 [N, 4]) Adams–Bashforth weights of sub-steps 2i and 2i+1.
+    dpm_solver_pp: (p1 [N], p2 [N]) the orders of sub-steps 2i and 2i+1 (`dpm_solver_pp_orders` on 2N steps).
+    """
+    if base == "ipndm":
+        return (np.stack([ipndm_weights(2 * i, max_order) for i in range(n)]),
+                np.stack([ipndm_weights(2 * i + 1, max_order) for i in range(n)]))
+    p = dpm_solver_pp_orders(np.arange(2 * n + 1, 0, -1.0), max_order, lower_order_final)  # only 2N matters
+    return p[0::2].astype(np.int32), p[1::2].astype(np.int32)
+
+
+def _plugin_history(base: str, x: jax.Array):
+    """The empty history: iPNDM d_{j−1..j−3} [3, b, ...]; DPM-Solver++ (D_{j−1}, D_{j−2}) [2, b, ...] and
+    their λ = −log σ [2, b] (per row: the inserted times differ between rows)."""
+    if base == "ipndm":
+        return jnp.zeros((3,) + x.shape, x.dtype)
+    return jnp.zeros((2,) + x.shape, x.dtype), jnp.zeros((2, x.shape[0]), x.dtype)
+
+
+def _dpmpp_weights(lam: jax.Array, lam_next: jax.Array, p):
+    """DPM-Solver++ (data form) step from λ_j = lam[0] to lam_next with history λ_{j−1}, λ_{j−2} = lam[1:].
+
+    Returns (e^{−h} [b], w [3, b]) with x' = e^{−h}·x + Σ_k w_k D_{j−k}; p (1, 2 or 3, may be traced) picks
+    the order. No division by h, so an inserted time that coincides with a grid point stays finite; the
+    unused history of a warm-start step is replaced by 1 in the denominators (finite values and gradients).
+    """
+    h = lam_next - lam[0]
+    h0 = jnp.where(p >= 2, lam[0] - lam[1], 1.0)
+    h1 = jnp.where(p >= 3, lam[1] - lam[2], 1.0)
+    em1 = jnp.expm1(-h)
+    psi1 = -em1  # 1 − e^{−h} = −φ₁
+    psi2 = em1 + h  # h·φ₂
+    psi3 = psi2 - 0.5 * h * h  # h²·φ₃
+    zero = jnp.zeros_like(h)
+    w_1 = (psi1, zero, zero)
+    q = 0.5 * psi1 * h / h0
+    w_2 = (psi1 + q, -q, zero)
+    k, tot = h0 / (h0 + h1), h0 + h1
+    alpha = psi2 * (1 + k) - psi3 / tot  # multiplies u = (D_j − D_{j−1})/h₀
+    beta = -psi2 * k + psi3 / tot  # multiplies v = (D_{j−1} − D_{j−2})/h₁
+    w_3 = (psi1 + alpha / h0, -alpha / h0 + beta / h1, -beta / h1)
+    w = [jnp.where(p == 1, a, jnp.where(p == 2, b, c)) for a, b, c in zip(w_1, w_2, w_3)]
+    return jnp.exp(-h), jnp.stack(w)
+
+
+def _dpmpp_update(x, lead, hist_d, w, e, scale=None):
+    """e·x + scale·(w₀·lead + w₁·hist_d[0] + w₂·hist_d[1]), every coefficient [b] (row-wise)."""
+    mix = bcast(w[0], x) * lead + bcast(w[1], x) * hist_d[0] + bcast(w[2], x) * hist_d[1]
+    return bcast(e, x) * x + (mix if scale is None else bcast(scale, x) * mix)
+
+
+def _plugin_interval(base, den, g, x, hist, sc, sn, i, coef, first_afs):
+    """One AMED-Plugin interval σ_i → s_i → σ_{i+1}; returns (x_next, history, (r, c, a)).
+
+    coef: this interval's slice of `_plugin_coefficients`; hist: see `_plugin_history`.
+    """
+    if base == "ipndm":
+        w1, w2 = coef
+        d, h = _direction_and_features(den, x, sc, first_afs)
+        r, c, a = g(h, sc, sn, i)
+        s_mid = sn ** r * sc ** (1 - r)  # [b]
+        sm = bcast(s_mid, x)
+        buf = jnp.concatenate([d[None], hist], axis=0)  # [4, ...]
+        x_mid = x + (sm - sc) * jnp.tensordot(w1, buf, axes=1)
+        d_mid = (x_mid - den(x_mid, a * s_mid)[0]) / sm
+        buf = jnp.concatenate([d_mid[None], buf[:3]], axis=0)
+        x_next = x_mid + bcast(c, x) * (sn - sm) * jnp.tensordot(w2, buf, axes=1)
+        return x_next, buf[:3], (r, c, a)
+    p1, p2 = coef
+    hist_d, hist_lam = hist
+    if first_afs:  # D = x − σ·x/√(1 + σ²), no evaluation, zero features (official dpm_pp_sampler)
+        d0 = x - sc * afs_direction(x, sc)
+        h = jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
+    else:
+        d0, h = den(x, sc)
     r, c, a = g(h, sc, sn, i)
-    s_mid = sn ** r * sc ** (1 - r)  # [b]
-    sm = bcast(s_mid, x)
-    hist = jnp.concatenate([d[None], buf], axis=0)  # [4, ...]
-    x_mid = x + (sm - sc) * jnp.tensordot(w1, hist, axes=1)
-    buf = hist[:3]
-    d_mid = (x_mid - den(x_mid, a * s_mid)[0]) / sm
-    hist = jnp.concatenate([d_mid[None], buf], axis=0)
-    x_next = x_mid + bcast(c, x) * (sn - sm) * jnp.tensordot(w2, hist, axes=1)
-    return x_next, hist[:3], (r, c, a)
+    lam_c = jnp.broadcast_to(-jnp.log(sc), r.shape)  # [b]
+    lam_m = -(r * jnp.log(sn) + (1 - r) * jnp.log(sc))  # λ of s = σ_next^r σ_cur^{1−r}, [b]
+    e, w = _dpmpp_weights(jnp.stack([lam_c, hist_lam[0], hist_lam[1]]), lam_m, p1)
+    x_mid = _dpmpp_update(x, d0, hist_d, w, e)
+    s_mid = sn ** r * sc ** (1 - r)
+    d_mid = den(x_mid, a * s_mid)[0]
+    e, w = _dpmpp_weights(jnp.stack([lam_m, lam_c, hist_lam[0]]), jnp.broadcast_to(-jnp.log(sn), r.shape), p2)
+    x_next = _dpmpp_update(x_mid, d_mid, jnp.stack([d0, hist_d[0]]), w, e, scale=c)
+    return x_next, (jnp.stack([d_mid, d0]), jnp.stack([lam_m, lam_c])), (r, c, a)
+
+
+def _check_fixed_r(base, predictor):
+    """For DPM-Solver++ an r of exactly 0 or 1 makes a zero-length λ step next to a history point (0/0)."""
+    if base != "dpm_solver_pp" or not isinstance(predictor, (tuple, list)) or not predictor \
+            or isinstance(predictor[0], jax.core.Tracer):
+        return
+    r = np.asarray(predictor[0], np.float64)
+    if not np.all((r > 0) & (r < 1)):
+        raise ValueError(f"`predictor` r must lie in the open interval (0, 1) for base='dpm_solver_pp'; got {r}")
 
 
 @counts_nfe(_nfe_plugin)
 def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predictor, base: str = "ipndm",
-                       max_order: int = 4, afs: bool = False, has_aux: bool = False,
-                       denoise_to_zero: bool = False) -> jax.Array:
-    """AMED-Plugin: the learned intermediate time of each interval inserted into iPNDM.
+                       max_order: int | None = None, afs: bool = False, has_aux: bool = False,
+                       denoise_to_zero: bool = False, lower_order_final: bool = True) -> jax.Array:
+    """AMED-Plugin: the learned intermediate time of each interval inserted into iPNDM or DPM-Solver++.
 
-    Interval i runs iPNDM sub-steps σ_i → s_i → σ_{i+1} (sub-step k = 2i, 2i+1 uses order min(max_order,
-    k + 1)), the second scaled by c and its denoiser evaluated at a·s_i. With r = ½, c = a = 1 this equals
-    `sample_ipndm` on the grid with geometric midpoints inserted (tested).
+    Interval i runs the base solver's sub-steps σ_i → s_i → σ_{i+1} with s_i = σ_{i+1}^r σ_i^{1−r}: sub-step
+    2i with the base's order rule, then sub-step 2i+1 with its denoiser at a·s_i and its model part scaled
+    by c (formulas in the module docstring). With c = a = 1 this equals `sample_ipndm` /
+    `sample_dpm_solver_pp` on the grid with the s_i inserted (tested; r = ½ inserts geometric midpoints).
 
-    Args: as `sample_amed`; base: 'ipndm' (the CIFAR-10 AMED-Plugin of the paper); max_order: 1..4.
+    Args: as `sample_amed`; base: 'ipndm' (the CIFAR-10 AMED-Plugin of the paper) or 'dpm_solver_pp' (2M/3M,
+        the official latent-diffusion plugin); max_order: 1..4 for iPNDM (default 4), 1..3 for DPM-Solver++
+        (default 3 = 3M); lower_order_final: DPM-Solver++ only, see `sample_dpm_solver_pp`. With base
+        'dpm_solver_pp' a fixed r must lie in the open interval (0, 1).
     Returns:
         [b, ...]. NFE = 2N − [afs] + [denoise_to_zero].
     """
     del key
-    check_choice("base", base, ("ipndm",))
-    max_order = check_int("max_order", max_order, 1, 4)
+    check_choice("base", base, PLUGIN_BASES)
+    max_order = _check_max_order(base, max_order)
     s = validate_sigmas(sigmas, allow_zero_end=False)
     x = validate_x(x_T)
     _check_predictor(predictor)
+    _check_fixed_r(base, predictor)
     dt = x.dtype
     n = len(s) - 1
     sig = jnp.asarray(s, dt)
-    w1 = jnp.asarray(np.stack([ipndm_weights(2 * i, max_order) for i in range(n)]), dt)
-    w2 = jnp.asarray(np.stack([ipndm_weights(2 * i + 1, max_order) for i in range(n)]), dt)
+    coefs = _plugin_coefficients(base, n, max_order, bool(lower_order_final))
+    coefs = tuple(jnp.asarray(v, dt if v.dtype.kind == "f" else v.dtype) for v in coefs)
     den, plain, _ = _split_denoiser(denoise_fn, has_aux, x, sig[0], _feature_dim(predictor))
     g = _as_callable(predictor)
 
     def step(carry, i, first_afs, last):
         del last
-        x, buf = carry
-        x, buf, _ = _plugin_interval(den, g, x, buf, sig[i], sig[i + 1], i, w1[i], w2[i], first_afs)
-        return x, buf
+        x, hist = carry
+        x, hist, _ = _plugin_interval(base, den, g, x, hist, sig[i], sig[i + 1], i,
+                                      tuple(v[i] for v in coefs), first_afs)
+        return x, hist
 
-    x, _ = scan_steps(step, (x, jnp.zeros((3,) + x.shape, dt)), n, peel_first=bool(afs))
+    x, _ = scan_steps(step, (x, _plugin_history(base, x)), n, peel_first=bool(afs))
     return plain(x, sig[-1]) if denoise_to_zero else x
 
 
@@ -303,73 +417,106 @@ def amed_teacher_trajectory(denoise_fn, x_T: jax.Array, sigmas, *, inserted: int
     return jnp.concatenate([x[None], traj[inserted::inserted + 1]], axis=0)
 
 
-def amed_distillation_loss(predictor, denoise_fn, x_cur: jax.Array, x_target: jax.Array, sigma_cur, sigma_next,
-                           *, first_afs: bool = False, has_aux: bool = False, step: int = 0):
-    """Squared error of one AMED-Solver step from the teacher point x_cur to the next teacher point.
+STUDENTS = ("amed",) + PLUGIN_BASES
 
-    Returns: (scalar mean over rows of Σ_dims (x' − x_target)², (r, c, a) each [b]).
+
+def _student_interval(student, den, g, x, hist, sc, sn, i, coef, first_afs):
+    """One student interval: AMED-Solver (history unused) or the AMED-Plugin on `student`."""
+    if student == "amed":
+        out, rca = _amed_interval(den, g, x, sc, sn, i, first_afs)
+        return out, hist, rca
+    return _plugin_interval(student, den, g, x, hist, sc, sn, i, coef, first_afs)
+
+
+def amed_distillation_loss(predictor, denoise_fn, x_cur: jax.Array, x_target: jax.Array, sigma_cur, sigma_next,
+                           *, first_afs: bool = False, has_aux: bool = False, step: int = 0,
+                           student: str = "amed", history=None, num_steps: int | None = None,
+                           max_order: int | None = None, lower_order_final: bool = True):
+    """Squared error of one student interval from the teacher point x_cur to the next teacher point.
+
+    student: 'amed' (AMED-Solver) or a plugin base, 'ipndm' | 'dpm_solver_pp'. A plugin step carries the
+    student's own history: pass history=None on interval 0 (`step` = 0) and the returned history after,
+    num_steps = N (the plugin's order rule depends on the interval index and on N) and max_order /
+    lower_order_final as for `sample_amed_plugin`.
+
+    Returns: (scalar mean over rows of Σ_dims (x' − x_target)², aux) with aux = (r, c, a), each [b], for
+    'amed' and (r, c, a, history) for a plugin.
     """
+    check_choice("student", student, STUDENTS)
     den, _, _ = _split_denoiser(denoise_fn, has_aux, x_cur, sigma_cur, _feature_dim(predictor))
-    out, rca = _amed_interval(den, _as_callable(predictor), x_cur, sigma_cur, sigma_next, step, first_afs)
+    coef = None
+    if student != "amed":
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+            raise ValueError(f"`num_steps` must be a positive int (N, the student intervals) for student="
+                             f"{student!r}; got {num_steps!r}")
+        coef = tuple(jnp.asarray(v)[step] for v in _plugin_coefficients(
+            student, int(num_steps), _check_max_order(student, max_order), bool(lower_order_final)))
+        coef = tuple(v.astype(x_cur.dtype) if student == "ipndm" else v for v in coef)
+        history = _plugin_history(student, x_cur) if history is None else history
+    dt = x_cur.dtype
+    out, history, rca = _student_interval(student, den, _as_callable(predictor), x_cur, history,
+                                          jnp.asarray(sigma_cur, dt), jnp.asarray(sigma_next, dt), step, coef,
+                                          first_afs)
     err = (out - x_target).reshape(x_cur.shape[0], -1)
-    return jnp.mean(jnp.sum(err ** 2, axis=-1)), rca
+    loss = jnp.mean(jnp.sum(err ** 2, axis=-1))
+    return (loss, rca) if student == "amed" else (loss, rca + (history,))
 
 
 def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_T: Callable, *, key,
                          num_batches: int, inserted: int = 1, rho: float | None = 7.0,
                          learning_rate: float = 5e-3, afs: bool = True, has_aux: bool = False,
-                         student: str = "amed", max_order: int = 4):
+                         student: str = "amed", max_order: int | None = None, lower_order_final: bool = True):
     """Distils `predictor` as the official `AMED_loss` / training loop does.
 
     For each batch x_T = sample_x_T(key_b): the Heun teacher trajectory on the refined grid; then for each
-    student interval i: one student step from the teacher point at σ_i (AMED-Solver) — or, for the iPNDM
-    plugin, from the teacher point with the student's own d history — its squared error to the teacher point
-    at σ_{i+1}, and one Adam(lr, β = (0.9, 0.999)) step.
+    student interval i: one student step from the teacher point at σ_i (AMED-Solver) — or, for the plugin on
+    student = 'ipndm' | 'dpm_solver_pp', from the student's own (detached) previous output with its own
+    history (d's, or D's and their λ's), as the official loop does for multistep students — its squared
+    error to the teacher point at σ_{i+1}, and one Adam(lr, β = (0.9, 0.999)) step.
+    max_order / lower_order_final: as `sample_amed_plugin` (plugins only).
 
     Returns:
         (trained predictor, losses float [num_batches, N]).
     """
     s = validate_sigmas(sigmas, allow_zero_end=False)
     check_callable("sample_x_T", sample_x_T)
-    check_choice("student", student, ("amed", "ipndm"))
+    check_choice("student", student, STUDENTS)
     num_batches = check_int("num_batches", num_batches, 1, 1 << 30)
-    max_order = check_int("max_order", max_order, 1, 4)
+    max_order = _check_max_order(student, max_order) if student != "amed" else max_order
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"`learning_rate` must be a positive number; got {learning_rate!r}")
     n = len(s) - 1
     graphdef, params = nnx.split(predictor, nnx.Param)
     opt = optax.adam(learning_rate, b1=0.9, b2=0.999)
     opt_state = opt.init(params)
-    w1 = np.stack([ipndm_weights(2 * i, max_order) for i in range(n)])
-    w2 = np.stack([ipndm_weights(2 * i + 1, max_order) for i in range(n)])
+    coefs = _plugin_coefficients(student, n, max_order, bool(lower_order_final)) if student != "amed" else None
 
-    def interval_loss(params, x, buf, target, i):
+    def interval_loss(params, x, hist, target, i):
         model = nnx.merge(graphdef, params)
         den, _, _ = _split_denoiser(denoise_fn, has_aux, x, s[i], model.feature_dim)
-        g = _as_callable(model)
-        first = bool(afs) and i == 0
-        if student == "amed":
-            out, _ = _amed_interval(den, g, x, s[i], s[i + 1], i, first)
-            new_buf = buf
-        else:
-            out, new_buf, _ = _plugin_interval(den, g, x, buf, jnp.asarray(s[i], x.dtype),
-                                               jnp.asarray(s[i + 1], x.dtype), i,
-                                               jnp.asarray(w1[i], x.dtype), jnp.asarray(w2[i], x.dtype), first)
+        coef = None if coefs is None else tuple(
+            jnp.asarray(v[i], x.dtype if v.dtype.kind == "f" else v.dtype) for v in coefs)
+        out, new_hist, _ = _student_interval(student, den, _as_callable(model), x, hist,
+                                             jnp.asarray(s[i], x.dtype), jnp.asarray(s[i + 1], x.dtype), i,
+                                             coef, bool(afs) and i == 0)
         err = (out - target).reshape(x.shape[0], -1)
-        return jnp.mean(jnp.sum(err ** 2, axis=-1)), jax.lax.stop_gradient(new_buf)
+        return jnp.mean(jnp.sum(err ** 2, axis=-1)), jax.lax.stop_gradient((out, new_hist))
 
     def batch_update(params, opt_state, k):
         x_T = sample_x_T(k)
         teacher = jax.lax.stop_gradient(amed_teacher_trajectory(
             denoise_fn, x_T, s, inserted=inserted, rho=rho, has_aux=has_aux))
-        buf = jnp.zeros((3,) + x_T.shape, x_T.dtype)
-        losses = []
+        hist = _plugin_history(student, x_T) if student != "amed" else ()
+        x, losses = teacher[0], []
         for i in range(n):  # N is small (3-5); each interval has its own static AFS flag and weights
-            (loss, buf), grads = jax.value_and_grad(interval_loss, has_aux=True)(params, teacher[i], buf,
-                                                                                 teacher[i + 1], i)
+            (loss, (out, hist)), grads = jax.value_and_grad(interval_loss, has_aux=True)(params, x, hist,
+                                                                                         teacher[i + 1], i)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             losses.append(loss)
+            # As the official training loop: a single-step student restarts from the teacher point, a multistep
+            # plugin continues from its own output so that x and its history belong to one trajectory.
+            x = teacher[i + 1] if student == "amed" else out
         return params, opt_state, jnp.stack(losses)
 
     @jax.jit

@@ -37,7 +37,7 @@ CASES = [
     ("integer x_T", lambda: S.sample_euler(DEN, jnp.ones((2, 3), jnp.int32), GOOD), "`x_T` must have a floating"),
     ("predictor not callable", lambda: S.sample_amed(DEN, X, GOOD, predictor=3), "`predictor` must be callable"),
     ("plugin base", lambda: S.sample_amed_plugin(DEN, X, GOOD, predictor=FIXED, base="unipc"),
-     "`base` must be one of ('ipndm',)"),
+     "`base` must be one of ('ipndm', 'dpm_solver_pp')"),
     ("has_aux mismatch", lambda: S.sample_amed(DEN, X, GOOD, predictor=FIXED, has_aux=True),
      "`denoise_fn` must return (x0 [b, ...], features [b, f])"),
     ("predictor scale_dir", lambda: S.AMEDPredictor(4, scale_dir=1.5, rngs=nnx.Rngs(0)), "`scale_dir` must be in [0, 1)"),
