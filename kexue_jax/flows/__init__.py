@@ -1,4 +1,5 @@
-"""Normalizing flows: one bijector contract; NICE, RealNVP, Glow and the f-VAE (kexue.fm/archives/5776, 5807, 5977).
+"""Normalizing flows: one bijector contract; NICE, RealNVP, Glow, i-ResNet and the f-VAE
+(kexue.fm/archives/5776, 5807, 6482, 5977).
 
 ```python
 from flax import nnx
@@ -21,6 +22,10 @@ from kexue_jax.flows.bijector import (SCALE_FNS, ActNorm, AdditiveCoupling, Affi
                                       standard_normal_log_prob, unsqueeze)
 from kexue_jax.flows.fvae import FVAE, POSTERIOR_SCALES, ResidualMLP, fvae_loss, general_loss
 from kexue_jax.flows.glow import COUPLINGS, PERMUTATIONS, Glow, GlowStep
+from kexue_jax.flows.iresnet import (ConvIResNetBlock, IResNet, IResNetBlock, PowerIterationState, SpectralConv,
+                                     SpectralLinear, conv_power_iteration, exact_log_det, fixed_point_inverse,
+                                     hutchinson_probes, lipswish, power_iteration, roulette_log_det, series_log_det,
+                                     series_truncation_bound, spectral_normalise, with_log_det)
 from kexue_jax.flows.likelihood import bits_per_dim, check_levels, dequantize
 from kexue_jax.flows.nice import NICE
 from kexue_jax.flows.realnvp import RealNVP
@@ -34,4 +39,7 @@ __all__ = [
     "NICE", "RealNVP", "Glow", "GlowStep", "PERMUTATIONS", "COUPLINGS",
     "check_levels", "dequantize", "bits_per_dim", "flow_loss", "data_init", "evaluate",
     "FVAE", "ResidualMLP", "general_loss", "fvae_loss", "POSTERIOR_SCALES",
+    "IResNet", "IResNetBlock", "ConvIResNetBlock", "PowerIterationState", "SpectralLinear", "SpectralConv",
+    "power_iteration", "conv_power_iteration", "spectral_normalise", "fixed_point_inverse", "series_log_det",
+    "roulette_log_det", "exact_log_det", "hutchinson_probes", "series_truncation_bound", "lipswish", "with_log_det",
 ]

@@ -1,0 +1,75 @@
+"""i-ResNet on the 2-D 8gaussians: test NLL in nats next to the data's entropy (2.832 nats).
+
+Article: 细水长flow之可逆ResNet：极致的暴力美学, https://kexue.fm/archives/6482
+Paper:   Behrmann, Grathwohl, Chen, Duvenaud & Jacobsen, "Invertible Residual Networks", ICML 2019,
+         arXiv:1811.00995.
+
+Command:
+    python -m experiments.main --config experiments/flows/iresnet.py --workdir /tmp/iresnet
+    python -m experiments.main --config experiments/flows/iresnet.py:exact --workdir /tmp/iresnet_exact
+    python -m experiments.main --config experiments/flows/iresnet.py:smoke --workdir /tmp/iresnet_smoke
+
+Setup (spec generative.md §2.5): 20 residual blocks, each g = MLP 2 → 64 → 64 → 2 with ELU, every kernel
+spectrally normalised to c = 0.9 (so Lip(g) ≤ 0.9³, as the official per-layer coefficient; 5 power
+iterations per step, the u/v vectors carried in the model state), standard-normal prior, no ActNorm.
+Default: the official training estimator, the 5-term power series with 1 Rademacher Hutchinson probe;
+':exact' trains with the exact 2×2 log-det instead. Adam 2e-3 with 200 warm-up steps and cosine decay,
+batch 256 of the 10000 training points, 4000 steps. Evaluated on the 2000 test points with the exact
+log-det ('test/nll_nats') and with the training estimator ('test/nll_nats_estimator'); the entropy of
+the data on the same points ('test/true_nll_nats', exact mixture density) is the floor; samples come
+from the fixed-point inverse (≤ 100 iterations, tolerance 1e-6) and go to samples.png.
+
+Expected result: test NLL approaching the data's entropy 2.832 nats (spec §0.1, §2.5: within ~0.1-0.2),
+all 8 modes in the samples, both log-det variants alike.
+
+Measured (2026-11-21, 2-core CPU shared with other jobs):
+- series (default; 4000 steps, 229 s of training): test NLL 2.884 nats (exact log-det) vs the entropy
+  2.841 on this test split (2.832 spec); all 8 modes covered, 97.6% of 2000 samples within 3σ of a mode;
+  max |f⁻¹(f(x)) − x| = 1.0e-5 on the test split. The training estimator itself reports 2.703: the 5-term
+  truncation is biased low by 0.18 nats here and the model learns to exploit it (the gap the article
+  calls a mere regulariser; Residual Flows' roulette removes it).
+- exact (':exact'; 4000 steps, 529 s of training, the exact 2×2 Jacobian per example is slower here):
+  test NLL 2.869 nats vs 2.841; 8 modes, 97.5% high-quality samples, max round-trip error 6.6e-6.
+The two variants end 0.015 nats apart, both within 0.05 of the entropy.
+Earlier, with 10 blocks, batch 500, constant lr 1e-3, 3000 steps: 3.096 (series) / 3.015 (exact).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    smoke = arg == "smoke"
+    exact = arg == "exact"
+    config = ml_collections.ConfigDict()
+    config.runner = "kexue_jax.core.train.train_and_evaluate"
+    config.article = dict(id="6482", title="细水长flow之可逆ResNet：极致的暴力美学", slug="iresnet")
+    config.reports = [
+        dict(metric="test/nll_nats", reference=2.832,
+             reference_note="true differential entropy of 8gaussians (Monte-Carlo, spec generative.md §0.1, §2.5)"),
+    ]
+    config.seed = 0
+    config.dataset = "8gaussians"
+    config.data_dir = None
+    config.model = "kexue_jax.flows.iresnet.IResNet"
+    config.model_kwargs = dict(event_shape=(2,), num_blocks=2 if smoke else 20, hidden=(16, 16) if smoke else (64, 64),
+                               lipschitz=0.9, activation="elu", logdet="exact" if exact else "series", n_terms=5,
+                               n_probes=1, n_power_iterations=5, max_iterations=100, atol=1e-6)
+    config.loss = "kexue_jax.flows.iresnet.nll_loss"
+    config.loss_kwargs = {}
+    config.evaluate = "kexue_jax.flows.iresnet.evaluate"
+    config.eval_logdet = "exact"
+    config.optimizer = "optax.adam"
+    config.optimizer_kwargs = {}
+    config.learning_rate = 2e-3
+    config.lr_schedule = "constant" if smoke else "warmup_cosine"
+    config.warmup_steps = 200
+    config.grad_clip_norm = None
+    config.ema_decay = None
+    config.batch_size = 256
+    config.num_steps = 10 if smoke else 4000
+    config.log_every = 5 if smoke else 100
+    config.checkpoint_every = 10 if smoke else 1000
+    config.keep_checkpoints = 2
+    config.eval_every = 0
+    config.mesh = dict(data=-1)
+    config.progress = True
+    return config
