@@ -15,12 +15,16 @@ batches in the script; here at the same fractions 1/8, 1/4, 1/2 of the run), the
 plies), (b) the move-scoring player's top-1 agreement with the scripted policy vs a random legal move,
 (c) per-token validation perplexity, and games of the player against the scripted policies.
 
+Training is data-parallel (`train`; the UniLM runner uses the same step): `config.mesh` builds a mesh
+(kexue_jax.core.sharding), parameters and Adam state are replicated, every batch is split over the batch
+axes, and the step is one `jax.jit` with in/out shardings; 8 simulated devices give the losses of one
+(tests/attention/test_runners_multidevice.py).
+
 References:
   https://kexue.fm/archives/7877; bert4keras examples/task_language_model_chinese_chess.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -32,11 +36,14 @@ from flax import nnx
 
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, tile_cache
-from kexue_jax.data import xiangqi as xq
+from kexue_jax.core import sharding
+from kexue_jax.core.config import mesh_size
 from kexue_jax.core.metrics import write_results
+from kexue_jax.data import xiangqi as xq
 
 __all__ = ["MAX_MOVES", "move_ids", "score_moves", "choose_moves", "greedy_next_moves", "curriculum_maxlen",
-           "lm_loss", "play_vs_policy", "run"]
+           "lm_loss", "data_parallel_train_step", "check_batch_mesh", "encode_games", "train", "play_vs_policy",
+           "run"]
 
 MAX_MOVES = 128  # ≥ 111, Su's bound on the number of legal moves
 LOG_FLOOR = 1e-8
@@ -101,7 +108,8 @@ def score_moves(model: GPT, histories: list[list[str]], candidates: list[list[st
     """
     if len(histories) != len(candidates):
         raise ValueError(f"`candidates` must have one list per history ({len(histories)}); got {len(candidates)}")
-    rows = -(-len(histories) // SCORE_ROWS) * SCORE_ROWS
+    # One position (a game move) runs alone: padding it to SCORE_ROWS would multiply the cost by 8.
+    rows = 1 if len(histories) == 1 else -(-len(histories) // SCORE_ROWS) * SCORE_ROWS
     hist, valid = _pad_histories(histories, context, rows)
     moves = np.zeros((rows, MAX_MOVES, 4), np.int32)
     for i, c in enumerate(candidates):
@@ -167,6 +175,37 @@ def lm_loss(model: GPT, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Arra
     return jnp.sum(jnp.where(mask, ce, 0)) / jnp.maximum(count, 1), count
 
 
+def data_parallel_train_step(graphdef, tx: optax.GradientTransformation, loss_fn, mesh, num_batch_args: int):
+    """A jitted optimizer step on the pure (params, opt_state) pytrees: parameters and optimizer state
+    replicated, every batch array split over the mesh's batch axes; XLA inserts the gradient all-reduce.
+
+    loss_fn(model, *batch) -> (loss, aux) with `num_batch_args` batch arrays; returns
+    step(params, opt_state, *batch) -> (params, opt_state, loss), donating the old state."""
+    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+    def step(params, opt_state, *batch):
+        def f(p):
+            return loss_fn(nnx.merge(graphdef, p), *batch)
+
+        (loss, _), grads = jax.value_and_grad(f, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, in_shardings=(rep, rep) + (bsh,) * num_batch_args, out_shardings=(rep, rep, rep),
+                   donate_argnums=(0, 1))
+
+
+def check_batch_mesh(config) -> dict:
+    """The resolved mesh axes; `batch_size` must split over the batch-parallel devices (checked before any
+    compilation)."""
+    axes = mesh_size(config.get("mesh"), jax.device_count())
+    n = axes.get("data", 1) * axes.get("fsdp", 1)
+    if not (isinstance(config.batch_size, int) and config.batch_size >= 1 and config.batch_size % n == 0):
+        raise ValueError(f"`batch_size` must be a positive multiple of the batch-parallel device count {n} "
+                         f"(mesh {axes}); got {config.batch_size!r}")
+    return axes
+
+
 def _replay(moves: list[str]) -> list[xq.Position]:
     pos = xq.initial_position()
     out = [pos]
@@ -204,6 +243,46 @@ def _batches(tokens, lengths, batch_size, rng):
             yield tokens[j], lengths[j]
 
 
+def encode_games(games: list[list[str]], max_plies: int) -> tuple[np.ndarray, np.ndarray]:
+    """Games -> right-padded token ids [n, 4·max_plies + 1] and lengths [n] (4·plies + 1)."""
+    max_tokens = 4 * max_plies + 1
+    return (np.stack([np.pad(xq.encode(g), (0, max_tokens - 4 * len(g) - 1)) for g in games]),
+            np.array([4 * len(g) + 1 for g in games], np.int32))
+
+
+def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Generator, writer=None
+          ) -> tuple[GPT, np.ndarray]:
+    """Data-parallel Adam training with the progressive-length curriculum; returns (model, per-step losses).
+
+    The mesh comes from `config.mesh`; each batch [batch_size, maxlen] is split over its batch axes."""
+    c = config
+    check_batch_mesh(c)
+    model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
+    mesh = sharding.make_mesh(c.get("mesh"))
+    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    tx = optax.adam(c.learning_rate)
+    graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
+    params = jax.device_put(params, rep)
+    opt_state = jax.device_put(tx.init(params), rep)
+    train_step = data_parallel_train_step(graphdef, tx, lm_loss, mesh, 2)
+
+    boundaries = tuple(int(c.num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
+    batches = _batches(tokens, lengths, c.batch_size, rng)
+    losses = []
+    for step in range(c.num_steps):
+        maxlen = curriculum_maxlen(step, max_len=tokens.shape[1], boundaries=boundaries)
+        tok, ln = next(batches)
+        batch = sharding.put_batch(dict(tokens=tok[:, :maxlen], lengths=np.minimum(ln, maxlen)), bsh)
+        params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["lengths"])
+        losses.append(loss)
+        if step % c.log_every == 0 or step == c.num_steps - 1:
+            if writer is not None:
+                writer.write(step, {"train/loss": float(loss), "train/maxlen": maxlen})
+        if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
+            jax.block_until_ready(loss)
+    return nnx.merge(graphdef, jax.device_get(params)), np.asarray(jax.device_get(losses), np.float32)
+
+
 def run(config, workdir: str) -> dict:
     """Corpus -> curriculum training -> metrics (a), (b), (c) and games; writes results.json."""
     from kexue_jax.core import metrics as metrics_lib
@@ -211,38 +290,18 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     c = config
+    check_batch_mesh(c)
     rng = np.random.default_rng(c.seed)
     games = xq.generate_games(c.num_games + c.num_eval_games, policy="greedy", seed=c.seed, max_plies=c.max_plies)
     train_games, eval_games = games[:c.num_games], games[c.num_games:]
     max_tokens = 4 * c.max_plies + 1
-    enc = lambda gs: (np.stack([np.pad(xq.encode(g), (0, max_tokens - 4 * len(g) - 1)) for g in gs]),
-                      np.array([4 * len(g) + 1 for g in gs], np.int32))
-    tr_tok, tr_len = enc(train_games)
-    ev_tok, ev_len = enc(eval_games)
+    tr_tok, tr_len = encode_games(train_games, c.max_plies)
+    ev_tok, ev_len = encode_games(eval_games, c.max_plies)
     corpus_s = time.time() - t0
 
-    model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
-    tx = optax.adam(c.learning_rate)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, tokens, lengths):
-        (loss, _), grads = nnx.value_and_grad(lm_loss, has_aux=True)(model, tokens, lengths)
-        optimizer.update(model, grads)
-        return loss
-
-    boundaries = tuple(int(c.num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
-    writer = metrics_lib.MetricWriter(workdir)
-    batches = _batches(tr_tok, tr_len, c.batch_size, rng)
     t1 = time.time()
-    loss = float("nan")
-    for step in range(c.num_steps):
-        maxlen = curriculum_maxlen(step, max_len=max_tokens, boundaries=boundaries)
-        tok, ln = next(batches)
-        loss = train_step(model, optimizer, jnp.asarray(tok[:, :maxlen]), jnp.asarray(np.minimum(ln, maxlen)))
-        if step % c.log_every == 0 or step == c.num_steps - 1:
-            loss = float(loss)
-            writer.write(step, {"train/loss": loss, "train/maxlen": maxlen})
+    model, losses = train(c, tr_tok, tr_len, rng=rng, writer=metrics_lib.MetricWriter(workdir))
+    loss = float(losses[-1])
     train_s = time.time() - t1
 
     # (c) validation perplexity (per predicted token, full games)
@@ -257,7 +316,8 @@ def run(config, workdir: str) -> dict:
     val_ppl = float(np.exp(tot / max(cnt, 1)))
 
     # held-out positions in the first `eval_plies` plies
-    context = 4 * max(c.eval_plies, c.game_plies) + 1  # one padded length for every player call
+    context = 4 * c.eval_plies + 1  # one padded length for every evaluation call (histories < eval_plies)
+    game_context = 4 * c.game_plies + 1
     positions = []  # (history, position)
     for g in eval_games:
         replay = _replay(g)
@@ -304,7 +364,7 @@ def run(config, workdir: str) -> dict:
         for g in range(c.games_per_side):
             for side in (1, -1):
                 score, _ = play_vs_policy(model, policy, model_side=side, rng=rng, max_plies=c.game_plies,
-                                          context=context)
+                                          context=game_context)
                 w, d, l_ = w + (score == 1.0), d + (score == 0.5), l_ + (score == 0.0)
         results.update({f"games/vs_{policy}/wins": float(w), f"games/vs_{policy}/draws": float(d),
                         f"games/vs_{policy}/losses": float(l_)})

@@ -17,6 +17,10 @@ next tokens are {P_r[i] : match[r, i]} and emitting w shifts (match ∧ P_r = w)
 Metrics (dgcnn_for_reading_comprehension `evaluate.py`): accuracy = exact match after normalisation,
 F1 = character-level F1, both maximised over the reference answers; an empty prediction scores 0;
 Final = (Accuracy + F1) / 2. Here a "character" is a token.
+
+Training (`train`) is data-parallel with the jitted step of `chess.data_parallel_train_step`: mesh from
+`config.mesh`, replicated parameters, the batch split over the batch axes (8 simulated devices give the
+losses of one: tests/attention/test_runners_multidevice.py).
 """
 from __future__ import annotations
 
@@ -33,11 +37,13 @@ from flax import nnx
 
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, full_recompute_step_fn
-from kexue_jax.data import qa
+from kexue_jax.attention.chess import check_batch_mesh, data_parallel_train_step
+from kexue_jax.core import sharding
 from kexue_jax.core.metrics import write_results
+from kexue_jax.data import qa
 
 __all__ = ["vote", "extractive_allowed", "extractive_update", "normalize_text", "exact_match", "char_f1",
-           "final_score", "make_vote_step", "answer_questions", "seq2seq_loss", "run"]
+           "final_score", "make_vote_step", "answer_questions", "seq2seq_loss", "train", "run"]
 
 TINY = 1e-12
 
@@ -217,38 +223,58 @@ def seq2seq_loss(model: GPT, tokens: jax.Array, segments: jax.Array) -> jax.Arra
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+SOURCE_LEN = 80 + 5  # [CLS] passage (≤ 80) [SEP] question (1) [SEP]
+TRAIN_LEN = SOURCE_LEN + 5 + 1  # + answer (≤ 4) [SEP], one spare
+
+
+def train(config, train_examples: list[dict], *, rng: np.random.Generator, writer=None
+          ) -> tuple[GPT, np.ndarray]:
+    """Data-parallel Adam training on `seq2seq_loss` (one random passage per example and step); returns
+    (model, per-step losses). The mesh comes from `config.mesh`; each batch is split over its batch axes."""
+    c = config
+    check_batch_mesh(c)
+    model = GPT(qa.FIRST_WORD + c.num_words, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, type_vocab_size=2,
+                rngs=nnx.Rngs(c.seed))
+    mesh = sharding.make_mesh(c.get("mesh"))
+    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    warmup = c.get("warmup_steps", 0)
+    lr = (c.learning_rate if not warmup else optax.join_schedules(
+        [optax.linear_schedule(0.0, c.learning_rate, warmup), optax.constant_schedule(c.learning_rate)], [warmup]))
+    tx = optax.adam(lr)
+    graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
+    params = jax.device_put(params, rep)
+    opt_state = jax.device_put(tx.init(params), rep)
+    train_step = data_parallel_train_step(graphdef, tx, lambda m, t, s: (seq2seq_loss(m, t, s), None), mesh, 2)
+    losses = []
+    for step in range(c.num_steps):
+        idx = rng.integers(len(train_examples), size=c.batch_size)
+        tok, seg = qa.encode_training([train_examples[i] for i in idx], length=TRAIN_LEN, rng=rng)
+        batch = sharding.put_batch(dict(tokens=tok, segments=seg), bsh)
+        params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["segments"])
+        losses.append(loss)
+        if (step % c.log_every == 0 or step == c.num_steps - 1) and writer is not None:
+            writer.write(step, {"train/loss": float(loss)})
+        if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
+            jax.block_until_ready(loss)
+    return nnx.merge(graphdef, jax.device_get(params)), np.asarray(jax.device_get(losses), np.float32)
+
+
 def run(config, workdir: str) -> dict:
+    """Data -> training -> EM / F1 / Final, no-answer detection, vote vs single passage, generative
+    decoding, cached vs recomputed decoding throughput; writes results.json."""
     from kexue_jax.core import metrics as metrics_lib
 
     os.makedirs(workdir, exist_ok=True)
     c = config
+    check_batch_mesh(c)
     t0 = time.time()
     rng = np.random.default_rng(c.seed)
     kw = dict(num_keys=c.num_keys, num_words=c.num_words)
-    train = qa.make_dataset(c.num_train, seed=c.seed, **kw)
+    train_examples = qa.make_dataset(c.num_train, seed=c.seed, **kw)
     test = qa.make_dataset(c.num_test, seed=c.seed + 1, **kw)
-    vocab = qa.FIRST_WORD + c.num_words
-    source_len = 80 + 5
-    length = source_len + 5 + 1
-    model = GPT(vocab, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, type_vocab_size=2,
-                rngs=nnx.Rngs(c.seed))
-    optimizer = nnx.Optimizer(model, optax.adam(c.learning_rate), wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, tokens, segments):
-        loss, grads = nnx.value_and_grad(seq2seq_loss)(model, tokens, segments)
-        optimizer.update(model, grads)
-        return loss
-
-    writer = metrics_lib.MetricWriter(workdir)
-    loss = float("nan")
-    for step in range(c.num_steps):
-        idx = rng.integers(len(train), size=c.batch_size)
-        tok, seg = qa.encode_training([train[i] for i in idx], length=length, rng=rng)
-        loss = train_step(model, optimizer, jnp.asarray(tok), jnp.asarray(seg))
-        if step % c.log_every == 0 or step == c.num_steps - 1:
-            loss = float(loss)
-            writer.write(step, {"train/loss": loss})
+    source_len = SOURCE_LEN
+    model, losses = train(c, train_examples, rng=rng, writer=metrics_lib.MetricWriter(workdir))
+    loss = float(losses[-1])
     train_s = time.time() - t0
 
     def score(preds, subset):
