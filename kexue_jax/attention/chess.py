@@ -37,7 +37,6 @@ from flax import nnx
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, tile_cache
 from kexue_jax.core import sharding
-from kexue_jax.core.config import mesh_size
 from kexue_jax.core.metrics import write_results
 from kexue_jax.data import xiangqi as xq
 
@@ -176,34 +175,15 @@ def lm_loss(model: GPT, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Arra
 
 
 def data_parallel_train_step(graphdef, tx: optax.GradientTransformation, loss_fn, mesh, num_batch_args: int):
-    """A jitted optimizer step on the pure (params, opt_state) pytrees: parameters and optimizer state
-    replicated, every batch array split over the mesh's batch axes; XLA inserts the gradient all-reduce.
-
-    loss_fn(model, *batch) -> (loss, aux) with `num_batch_args` batch arrays; returns
-    step(params, opt_state, *batch) -> (params, opt_state, loss), donating the old state."""
-    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-
-    def step(params, opt_state, *batch):
-        def f(p):
-            return loss_fn(nnx.merge(graphdef, p), *batch)
-
-        (loss, _), grads = jax.value_and_grad(f, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, in_shardings=(rep, rep) + (bsh,) * num_batch_args, out_shardings=(rep, rep, rep),
-                   donate_argnums=(0, 1))
+    """`sharding.data_parallel_step` for an NNX model: loss_fn(model, *batch) -> (loss, aux) on the model
+    merged from `graphdef` and the pure parameter pytree."""
+    return sharding.data_parallel_step(lambda p, *batch: loss_fn(nnx.merge(graphdef, p), *batch), tx, mesh,
+                                       num_batch_args)
 
 
 def check_batch_mesh(config) -> dict:
-    """The resolved mesh axes; `batch_size` must split over the batch-parallel devices (checked before any
-    compilation)."""
-    axes = mesh_size(config.get("mesh"), jax.device_count())
-    n = axes.get("data", 1) * axes.get("fsdp", 1)
-    if not (isinstance(config.batch_size, int) and config.batch_size >= 1 and config.batch_size % n == 0):
-        raise ValueError(f"`batch_size` must be a positive multiple of the batch-parallel device count {n} "
-                         f"(mesh {axes}); got {config.batch_size!r}")
-    return axes
+    """`sharding.check_batch_size` on `config.batch_size` and `config.mesh` (before any compilation)."""
+    return sharding.check_batch_size(config.batch_size, config.get("mesh"))
 
 
 def _replay(moves: list[str]) -> list[xq.Position]:

@@ -17,9 +17,9 @@ length in `test_lens`. Reported per model and padding: accuracy, and the largest
 logit relative to the shortest padding (exactly 0 for the masked model, by construction; that the
 masked model's logits do not move is asserted in tests/attention/test_mask_experiments.py).
 
-The training loop is data-parallel: `config.mesh` builds a mesh (kexue_jax.core.sharding), every batch
-is sharded over its batch axes with a NamedSharding, the parameters are replicated, and one jitted step
-carries in/out shardings; 8 simulated devices give the same losses as one (tested).
+The training loop is data-parallel (`kexue_jax.core.sharding.data_parallel_step`): `config.mesh` builds a
+mesh, every batch is sharded over its batch axes, the parameters are replicated; 8 simulated devices give
+the same losses as one (tested).
 """
 from __future__ import annotations
 
@@ -128,14 +128,9 @@ def train(config, variant: str, mesh, pooling: str = "max") -> tuple[dict, np.nd
 
     def loss_fn(p, ids, labels):
         lg = logits_fn(p, ids, variant=variant, pooling=pooling)
-        return optax.softmax_cross_entropy_with_integer_labels(lg, labels).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(lg, labels).mean(), None
 
-    @functools.partial(jax.jit, in_shardings=(rep, rep, bsh, bsh), out_shardings=(rep, rep, rep),
-                       donate_argnums=(0, 1))
-    def step(p, s, ids, labels):
-        loss, g = jax.value_and_grad(loss_fn)(p, ids, labels)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
+    step = sharding.data_parallel_step(loss_fn, tx, mesh, 2)
 
     losses = []
     for s in range(c.num_steps):
@@ -151,6 +146,7 @@ def train(config, variant: str, mesh, pooling: str = "max") -> tuple[dict, np.nd
 def run(config, workdir: str) -> dict:
     """Trains both variants and scores them at every test padding; writes results.json and a figure."""
     _check(config)
+    sharding.check_batch_size(config.batch_size, config.get("mesh"))
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config.get("mesh"))
     test_seqs, test_labels = make_sequences(np.random.default_rng([config.seed, 2]), config.test_size,

@@ -13,16 +13,17 @@ shards (`jax.make_array_from_callback`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kexue_jax.core.config import mesh_size
 
 __all__ = ["make_mesh", "batch_axes", "batch_sharding", "replicated", "param_shardings", "put_batch",
-           "maybe_initialize_distributed"]
+           "maybe_initialize_distributed", "check_batch_size", "data_parallel_step"]
 
 # Leaves smaller than this stay replicated under fsdp: sharding a bias costs more than it saves.
 FSDP_MIN_SIZE = 2 ** 12
@@ -82,3 +83,36 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
         return jax.device_put(batch, sharding)
     return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
             for k, v in batch.items()}
+
+
+def check_batch_size(batch_size: Any, mesh_config: Any = None) -> dict[str, int]:
+    """The resolved mesh axes; `batch_size` must split over the batch-parallel devices (data × fsdp).
+
+    For runners with their own loop (the shared trainer validates its config itself); call it before
+    anything compiles."""
+    axes = mesh_size(mesh_config, jax.device_count())
+    n = axes.get("data", 1) * axes.get("fsdp", 1)
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1
+            and batch_size % n == 0):
+        raise ValueError(f"`batch_size` must be a positive multiple of the batch-parallel device count {n} "
+                         f"(mesh {axes}); got {batch_size!r}")
+    return axes
+
+
+def data_parallel_step(loss_fn: Callable[..., tuple[Any, Any]], tx: optax.GradientTransformation, mesh: Mesh,
+                       num_batch_args: int) -> Callable:
+    """A jitted optimizer step for runners with their own loop, data-parallel on `mesh`.
+
+    loss_fn(params, *batch) -> (loss, aux) on the pure parameter pytree with `num_batch_args` batch arrays.
+    Returns step(params, opt_state, *batch) -> (params, opt_state, loss): parameters and optimizer state
+    replicated, every batch array split over the mesh's batch axes, the old state donated; XLA inserts the
+    gradient all-reduce."""
+    rep, bsh = replicated(mesh), batch_sharding(mesh)
+
+    def step(params, opt_state, *batch):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, in_shardings=(rep, rep) + (bsh,) * num_batch_args, out_shardings=(rep, rep, rep),
+                   donate_argnums=(0, 1))
