@@ -44,6 +44,7 @@ def get_config(arg=None):
              reference_metric="why_residual/residual_eps_1/final_loss"),
     ]
     config.seed = 0
+    config.mesh = dict(data=-1)  # data parallel: the batch splits over every device, parameters replicated
     config.num_seeds = 2 if smoke else 5
     config.d_model = 32
     config.batch_size = 128

@@ -2,6 +2,13 @@
 the Performer approximation curve and a retrieval comparison of attention kernels, RoFormerV2's α warmup
 on a character MLM, and RoPE vs learned absolute positions on a lagged-copy task.
 
+Every training loop here is data-parallel in the jit + NamedSharding model (kexue_jax.core.sharding):
+`config.mesh` ({'data': -1} by default) builds the mesh, parameters and optimiser state are replicated,
+each stacked chunk of batches [k, B, ...] is placed with the batch axis split over the mesh's batch axes,
+and one `jax.jit` with in/out shardings scans the k steps (XLA inserts the gradient all-reduce). The
+losses of every loop are written to `workdir/train_losses.json` ({run name: [loss per step]}), which
+tests/attention/test_experiments.py compares between 1 and 8 simulated devices.
+
 Each runner is `run_<slug>(config, workdir) -> dict`: it writes `workdir/results.json` (a flat dict of
 floats) and its figures (`*.png`) into `workdir`, and returns the dict (CONTRIBUTING.md, experiment
 contract). Everything is small enough for a 2-core CPU; the configs give the sizes.
@@ -19,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kexue_jax.attention.core import attention
 from kexue_jax.attention.deepnorm import deepnorm_coefficients
@@ -27,10 +35,12 @@ from kexue_jax.attention.masks import causal_mask
 from kexue_jax.attention.performer import performer_attention, performer_projection
 from kexue_jax.attention.roformer import RoFormerV2, RoFormerV2Config
 from kexue_jax.attention.rope import apply_rope
-from kexue_jax.attention.transformer import layer_norm, rms_norm
+from kexue_jax.attention.transformer import TransformerBlock, layer_norm, rms_norm
+from kexue_jax.core import sharding
+from kexue_jax.core.config import mesh_size
 from kexue_jax.core.metrics import write_results
 
-__all__ = ["run_deepnorm", "run_linear", "run_roformer", "run_rope", "char_corpus"]
+__all__ = ["run_deepnorm", "run_linear", "run_roformer", "run_rope", "char_corpus", "CopyLM", "lagged_copy_batch"]
 
 
 _write = write_results
@@ -43,12 +53,30 @@ def _plt():
     return plt
 
 
-def _optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    if name == "sgd":
-        return optax.sgd(lr)
-    if name == "adam":
-        return optax.adam(lr)
-    raise ValueError(f"`optimizer` must be 'sgd' or 'adam'; got {name!r}")
+def _check_batch_sizes(config, **sizes: int) -> dict:
+    """Resolves `config.mesh` against the devices and checks that every named batch size splits over the
+    batch-parallel devices; raises before anything compiles."""
+    axes = mesh_size(config.get("mesh"), jax.device_count())
+    n = axes.get("data", 1) * axes.get("fsdp", 1)
+    for name, value in sizes.items():
+        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+                and value % n == 0):
+            raise ValueError(f"`{name}` must be a positive multiple of the batch-parallel device count {n} "
+                             f"(mesh {axes}); got {value!r}")
+    return axes
+
+
+def _shardings(config):
+    """(replicated, one batch [B, ...] split over the batch axes, a chunk of batches [k, B, ...] split on B)."""
+    mesh = sharding.make_mesh(config.get("mesh"))
+    axes = sharding.batch_axes(mesh)
+    return sharding.replicated(mesh), NamedSharding(mesh, P(axes)), NamedSharding(mesh, P(None, axes))
+
+
+def _write_losses(workdir: str, losses: dict[str, np.ndarray]) -> None:
+    import json
+    with open(os.path.join(workdir, "train_losses.json"), "w") as f:
+        json.dump({k: [float(x) for x in np.asarray(v).ravel()] for k, v in losses.items()}, f)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -105,10 +133,18 @@ def _mlp_stack(params, x, eps, plain):
     return jax.lax.scan(layer, x, (params["w1"], params["w2"]))[0]
 
 
-def why_residual_curve(key, eps, *, plain, depth, d, batch, steps, lr):
+def why_residual_inputs(key, *, batch, d, steps):
+    """The inputs of `why_residual_curve` for one seed key: x_i ~ N(0, I) [steps, batch, d], step i drawn
+    from fold_in(kd, i) with kd the third split of the key."""
+    kd = jax.random.split(key, 3)[2]
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(kd, i), (batch, d)))(jnp.arange(steps))
+
+
+def why_residual_curve(key, eps, xs, *, plain, depth, d, lr):
     """Training loss curve (Adam, no warmup) of a depth-N MLP on a random sin teacher (spec §10.5, second
-    part). Plain: W1[:, :d] ~ N(0, 1/d) with the √2 ReLU gain; residual: He-initialised W1, W2."""
-    kp, kt, kd = jax.random.split(key, 3)
+    part), one step per batch of xs [steps, batch, d]. Plain: W1[:, :d] ~ N(0, 1/d) with the √2 ReLU gain;
+    residual: He-initialised W1, W2."""
+    kp, kt, _ = jax.random.split(key, 3)
     k1, k2 = jax.random.split(kp)
     w1 = jax.random.normal(k1, (depth, d, 4 * d)) * np.sqrt((1.0 if plain else 2.0) / d)
     params = {"w1": w1, "w2": jax.random.normal(k2, (depth, 4 * d, d)) / np.sqrt(4 * d)}
@@ -118,19 +154,36 @@ def why_residual_curve(key, eps, *, plain, depth, d, batch, steps, lr):
     def loss_fn(p, x):
         return jnp.mean((_mlp_stack(p, x, eps, plain) - jnp.sin(x @ teacher)) ** 2)
 
-    def step(carry, i):
+    def step(carry, x):
         p, s = carry
-        x = jax.random.normal(jax.random.fold_in(kd, i), (batch, d))
         loss, g = jax.value_and_grad(loss_fn)(p, x)
         u, s = tx.update(g, s, p)
         return (optax.apply_updates(p, u), s), loss
 
-    return jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))[1]
+    return jax.lax.scan(step, (params, tx.init(params)), xs)[1]
+
+
+def train_why_residual(config, keys, *, plain: bool) -> np.ndarray:
+    """Loss curves [eps, seeds, steps] of the depth-`why_residual_depth` MLPs (plain: eps = (0,); residual:
+    eps = (1, 1/√N)), data-parallel: the inputs [seeds, steps, B, d] are split over the batch axes and the
+    vmapped training scans run in one jit with the parameters replicated."""
+    n, d, steps = config.why_residual_depth, config.d_model, config.why_residual_steps
+    rep, _, _ = _shardings(config)
+    data_sh = NamedSharding(rep.mesh, P(None, None, sharding.batch_axes(rep.mesh)))  # [seeds, steps, B, d]
+    xs = jax.jit(jax.vmap(functools.partial(why_residual_inputs, batch=config.batch_size, d=d, steps=steps)),
+                 in_shardings=rep, out_shardings=data_sh)(keys)
+    epss = jnp.asarray([0.0] if plain else [1.0, 1.0 / np.sqrt(n)], jnp.float32)
+    fn = jax.jit(jax.vmap(jax.vmap(functools.partial(
+        why_residual_curve, plain=plain, depth=n, d=d, lr=config.why_residual_lr),
+        in_axes=(0, None, 0)), in_axes=(None, 0, None)),
+        in_shardings=(rep, rep, data_sh), out_shardings=rep)
+    return np.asarray(fn(keys, epss, xs))
 
 
 def run_deepnorm(config, workdir: str) -> dict:
     """One-step relative output change vs depth for Post-LN / DeepNorm / Su's Adam coefficients, and the
     "why residual" training comparison (see experiments/attention/deepnorm.py)."""
+    _check_batch_sizes(config, batch_size=config.batch_size)
     os.makedirs(workdir, exist_ok=True)
     results: dict[str, float] = {}
     d, batch, seeds = config.d_model, config.batch_size, config.num_seeds
@@ -162,15 +215,12 @@ def run_deepnorm(config, workdir: str) -> dict:
 
     if config.why_residual_steps > 0:
         n = config.why_residual_depth
-        curves = {}
+        curves, train_losses = {}, {}
         names = ("residual_eps_1", "residual_eps_inv_sqrt_n", "plain")
         for plain in (False, True):
-            epss = jnp.asarray([0.0] if plain else [1.0, 1.0 / np.sqrt(n)], jnp.float32)
-            fn = jax.jit(jax.vmap(jax.vmap(functools.partial(
-                why_residual_curve, plain=plain, depth=n, d=d, batch=batch, steps=config.why_residual_steps,
-                lr=config.why_residual_lr), in_axes=(0, None)), in_axes=(None, 0)))
-            losses = np.asarray(fn(keys, epss))  # [eps, seeds, steps]
+            losses = train_why_residual(config, keys, plain=plain)  # [eps, seeds, steps]
             for name, loss in zip(names[2:] if plain else names[:2], losses):
+                train_losses[f"why_residual/{name}"] = loss
                 loss = np.where(np.isfinite(loss), loss, np.inf)
                 curves[name] = np.median(loss, axis=0)
                 tail = max(1, config.why_residual_steps // 10)
@@ -192,6 +242,7 @@ def run_deepnorm(config, workdir: str) -> dict:
         fig.tight_layout()
         fig.savefig(os.path.join(workdir, "deepnorm.png"), dpi=120)
         plt.close(fig)
+        _write_losses(workdir, train_losses)
     return _write(workdir, results)
 
 
@@ -199,24 +250,45 @@ def run_deepnorm(config, workdir: str) -> dict:
 # Performer → linear attention (archives/8338): the approximation curve and a retrieval task.
 
 
+@functools.partial(jax.jit, static_argnames=("num_features", "dim", "orthogonal"))
+def _projection(key, *, num_features, dim, orthogonal):
+    return performer_projection(key, num_features, dim, orthogonal=orthogonal)
+
+
+def draw_projections(key, *, num: int, m: int, d: int, orthogonal: bool) -> jax.Array:
+    """`num` FAVOR+ projections [num, m, d] from ONE `performer_projection` call of num·m rows, compiled on
+    its own (the QR never sits inside a vmap or a larger graph: a batched QR under vmap inside the MSE
+    graph hung XLA:CPU at full size). For m a multiple of d the num projections are independent (each is
+    m/d whole orthogonal blocks); for m < d consecutive projections share a block, which leaves each one
+    distributed as an m-row projection and so keeps the mean over them unbiased."""
+    return _projection(key, num_features=num * m, dim=d, orthogonal=orthogonal).reshape(num, m, d)
+
+
+@jax.jit
+def _favor_mse(q, k, v, projections):
+    """Mean over the projections [draws, m, d] of the squared error of FAVOR+ against exact attention."""
+    exact = attention(q, k, v, implementation="einsum")
+    err = lambda p: jnp.mean((performer_attention(q, k, v, projection=p) - exact) ** 2)
+    return jnp.mean(jax.lax.map(err, projections))
+
+
 def performer_mse_curve(key, *, n, d, ms, draws, qk_scale):
     """Mean squared error of FAVOR+ attention vs exact softmax attention (1/√d folded in), per m, for iid
     and orthogonal features.
 
-    q, k ~ N(0, qk_scale² I) [n, d], v ~ N(0, I); `draws` projections per m. Returns {'iid', 'orthogonal'}
-    of [len(ms)]."""
+    q, k ~ N(0, qk_scale² I) [1, n, 1, d], v ~ N(0, I); `draws` projections per m, drawn outside the
+    jitted error (`draw_projections`) and looped over with lax.map. Returns {'iid', 'orthogonal'} of
+    [len(ms)] numpy arrays."""
     kq, kk, kv, kp = jax.random.split(key, 4)
     q, k = (qk_scale * jax.random.normal(kk_, (1, n, 1, d)) for kk_ in (kq, kk))
     v = jax.random.normal(kv, (1, n, 1, d))
-    exact = attention(q, k, v, implementation="einsum")
     out = {}
     for name in ("iid", "orthogonal"):
         mse = []
-        for m in ms:  # `draws` independent m-row projections (orthogonal blocks are drawn independently)
-            proj = performer_projection(kp, draws * m, d, orthogonal=name == "orthogonal").reshape(draws, m, d)
-            approx = jax.vmap(lambda p: performer_attention(q, k, v, projection=p))(proj)  # [draws, 1, n, 1, d]
-            mse.append(jnp.mean((approx - exact[None]) ** 2))
-        out[name] = jnp.stack(mse)
+        for j, m in enumerate(ms):
+            proj = draw_projections(jax.random.fold_in(kp, j), num=draws, m=m, d=d, orthogonal=name == "orthogonal")
+            mse.append(float(_favor_mse(q, k, v, proj)))
+        out[name] = np.asarray(mse)
     return out
 
 
@@ -250,7 +322,8 @@ def _init_recall(key, *, kernel, d, heads, head_dim, layers, num_keys, num_value
     return params
 
 
-def _recall_logits(params, keys, values, *, kernel, heads, head_dim, feature_key, num_features):
+def _recall_logits(params, keys, values, *, kernel, heads, head_dim, projection):
+    """Logits [b, values] at the last position; `projection` [m, head_dim] is FAVOR+'s (unused otherwise)."""
     h = params["key_emb"][keys] + params["value_emb"][values]  # [b, n, d]
     b, n, _ = h.shape
     for p in params["layers"]:
@@ -265,69 +338,99 @@ def _recall_logits(params, keys, values, *, kernel, heads, head_dim, feature_key
         elif kernel == "exp_linear_4d":
             o = linear_attention(q, k, v, feature_map="exp")
         else:
-            o = performer_attention(q, k, v, key=feature_key, num_features=num_features)
+            o = performer_attention(q, k, v, projection=projection)
         h = h + o.reshape(b, n, heads * head_dim) @ p["o"]
         h = h + jax.nn.relu(rms_norm(h) @ p["w1"]) @ p["w2"]
     return rms_norm(h[:, -1]) @ params["out"]  # [b, values]
 
 
 def train_recall(config, kernel: str, key) -> dict:
-    """Trains one kernel on associative recall with Adam; returns test accuracy, loss and seconds/step."""
+    """Trains one kernel on associative recall with Adam, data-parallel over `config.mesh`; returns test
+    accuracy, loss, seconds/step and the per-step loss curve.
+
+    Every `log_every` steps: one jitted generator places the next chunk of batches [k, B, n] split over
+    the batch axes, FAVOR+ draws k fresh projections (features redrawn every step) outside the step, and
+    one jitted scan (params and Adam state replicated) trains on the chunk and evaluates the test batch."""
     c = config.recall
+    if kernel not in KERNELS:
+        raise ValueError(f"`recall.kernels` entries must be in {KERNELS}; got {kernel!r}")
     kinit, ktrain, ktest, kfeat = jax.random.split(key, 4)
     shape = dict(d=c.d_model, heads=c.num_heads, head_dim=c.head_dim, layers=c.num_layers,
                  num_keys=c.num_keys, num_values=c.num_values)
-    params = _init_recall(kinit, kernel=kernel, **shape)
-    fwd = functools.partial(_recall_logits, kernel=kernel, heads=c.num_heads, head_dim=c.head_dim,
-                            num_features=4 * c.head_dim)
+    rep, bsh, csh = _shardings(config)
+    params = jax.device_put(_init_recall(kinit, kernel=kernel, **shape), rep)
+    fwd = functools.partial(_recall_logits, kernel=kernel, heads=c.num_heads, head_dim=c.head_dim)
     data = functools.partial(recall_batch, num_pairs=c.seq_len - 1, num_keys=c.num_keys, num_values=c.num_values)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(c.learning_rate))
+    k_steps, m = c.log_every, 4 * c.head_dim
+    favor = kernel == "favor_4d"
 
-    def loss_fn(p, batch, fkey):
-        logits = fwd(p, batch[0], batch[1], feature_key=fkey)
+    def loss_fn(p, batch, projection):
+        logits = fwd(p, batch[0], batch[1], projection=projection)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[2]).mean()
 
-    @jax.jit
-    def steps(p, s, start):  # `log_every` steps per call; FAVOR+ redraws its features every step
-        def body(carry, i):
+    @functools.partial(jax.jit, out_shardings=csh)
+    def chunk(start):
+        return jax.vmap(lambda i: data(jax.random.fold_in(ktrain, i), batch=c.batch_size))(start + jnp.arange(k_steps))
+
+    def projections(start):  # [k, m, head_dim]: a fresh projection per step
+        if not favor:
+            return jax.device_put(jnp.zeros((k_steps, 1, 1)), rep)
+        return jax.device_put(draw_projections(jax.random.fold_in(kfeat, start), num=k_steps, m=m, d=c.head_dim,
+                                               orthogonal=True), rep)
+
+    test_batch = jax.device_put(data(ktest, batch=c.eval_size), bsh)
+    test_projection = (jax.device_put(draw_projections(jax.random.fold_in(kfeat, c.num_steps), num=1, m=m,
+                                                       d=c.head_dim, orthogonal=True)[0], rep)
+                       if favor else jax.device_put(jnp.zeros((1, 1)), rep))  # one fixed draw for the test
+
+    @functools.partial(jax.jit, in_shardings=(rep, rep, csh, rep, bsh, rep), out_shardings=(rep, rep, rep, rep),
+                       donate_argnums=(0, 1))
+    def steps(p, s, batches, projs, test, test_proj):
+        def body(carry, xs):
             p, s = carry
-            batch = data(jax.random.fold_in(ktrain, i), batch=c.batch_size)
-            loss, g = jax.value_and_grad(loss_fn)(p, batch, jax.random.fold_in(kfeat, i))
+            batch, proj = xs
+            loss, g = jax.value_and_grad(loss_fn)(p, batch, proj)
             u, s = tx.update(g, s, p)
             return (optax.apply_updates(p, u), s), loss
-        (p, s), losses = jax.lax.scan(body, (p, s), start + jnp.arange(c.log_every))
-        return p, s, losses, evaluate(p)  # test accuracy in the same compilation
+        (p, s), losses = jax.lax.scan(body, (p, s), (batches, projs))
+        logits = fwd(p, test[0], test[1], projection=test_proj)
+        return p, s, losses, jnp.mean(jnp.argmax(logits, -1) == test[2])  # test accuracy, same compilation
 
-    def evaluate(p):
-        batch = data(ktest, batch=c.eval_size)
-        logits = fwd(p, batch[0], batch[1], feature_key=kfeat)
-        return jnp.mean(jnp.argmax(logits, -1) == batch[2])
-
-    state = tx.init(params)
+    state = jax.device_put(tx.init(params), rep)
     losses = []
-    params, state, first, accuracy = steps(params, state, 0)  # compile outside the timing
-    losses.append(np.asarray(first))
+    params, state, first, accuracy = steps(params, state, chunk(0), projections(0), test_batch, test_projection)
+    losses.append(np.asarray(first))  # compile outside the timing
     t0 = time.perf_counter()
-    for start in range(c.log_every, c.num_steps, c.log_every):
-        params, state, chunk, accuracy = steps(params, state, start)
-        losses.append(np.asarray(chunk))
-    seconds = (time.perf_counter() - t0) / max(1, c.num_steps - c.log_every)
+    for start in range(k_steps, c.num_steps, k_steps):
+        params, state, out, accuracy = steps(params, state, chunk(start), projections(start), test_batch,
+                                             test_projection)
+        losses.append(np.asarray(out))  # a host sync per chunk
+    seconds = (time.perf_counter() - t0) / max(1, c.num_steps - k_steps)
     losses = np.concatenate(losses)
-    return dict(accuracy=float(accuracy), final_loss=float(np.mean(losses[-max(1, c.log_every):])),
+    return dict(accuracy=float(accuracy), final_loss=float(np.mean(losses[-max(1, k_steps):])),
                 seconds_per_step=seconds, curve=losses)
 
 
 def run_linear(config, workdir: str) -> dict:
     """Performer MSE vs m (iid vs orthogonal, log-log slope) and the retrieval comparison of kernels."""
+    r = config.recall
+    _check_batch_sizes(config, **{"recall.batch_size": r.batch_size, "recall.eval_size": r.eval_size})
+    for kernel in r.kernels:
+        if kernel not in KERNELS:
+            raise ValueError(f"`recall.kernels` entries must be in {KERNELS}; got {kernel!r}")
+    if not (isinstance(r.log_every, int) and 1 <= r.log_every and r.num_steps % r.log_every == 0):
+        raise ValueError(f"`recall.log_every` must be a positive divisor of recall.num_steps={r.num_steps}; "
+                         f"got {r.log_every!r}")
     os.makedirs(workdir, exist_ok=True)
     results: dict[str, float] = {}
     a = config.approx
     ms = tuple(a.features)
-    # one input per call: a vmap over inputs of this graph (batched QR inside) hung XLA:CPU at full size
-    fn = jax.jit(functools.partial(performer_mse_curve, n=a.length, d=a.head_dim, ms=ms, draws=a.draws,
-                                   qk_scale=a.qk_scale))
-    per_input = [jax.tree.map(np.asarray, fn(key)) for key in jax.random.split(jax.random.key(config.seed), a.inputs)]
-    curves = {name: np.mean([r[name] for r in per_input], axis=0) for name in ("iid", "orthogonal")}  # [len(ms)]
+    t0 = time.perf_counter()
+    per_input = [performer_mse_curve(key, n=a.length, d=a.head_dim, ms=ms, draws=a.draws, qk_scale=a.qk_scale)
+                 for key in jax.random.split(jax.random.key(config.seed), a.inputs)]
+    results["approx/seconds"] = time.perf_counter() - t0
+    curves = {name: np.mean([r_[name] for r_ in per_input], axis=0) for name in ("iid", "orthogonal")}  # [len(ms)]
     for name, mse in curves.items():
         for m, e in zip(ms, mse):
             results[f"approx/{name}/mse_m{m}"] = float(e)
@@ -336,7 +439,6 @@ def run_linear(config, workdir: str) -> dict:
         results[f"approx/{name}/loglog_slope"] = float(np.polyfit(np.log(ms), np.log(mse), 1)[0])
     results["approx/orthogonal_over_iid_mean_ratio"] = float(np.mean(curves["orthogonal"] / curves["iid"]))
 
-    r = config.recall
     runs = {}
     for i, kernel in enumerate(r.kernels):
         out = train_recall(config, kernel, jax.random.fold_in(jax.random.key(config.seed), i))
@@ -344,6 +446,7 @@ def run_linear(config, workdir: str) -> dict:
         for key in ("accuracy", "final_loss", "seconds_per_step"):
             results[f"recall/{kernel}/{key}"] = out[key]
     results["recall/chance_accuracy"] = 1.0 / r.num_values
+    _write_losses(workdir, {f"recall/{kernel}": out["curve"] for kernel, out in runs.items()})
 
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -411,18 +514,21 @@ def mlm_batch(key, corpus, *, batch, length, mask_rate=0.15):
     return inputs, ids, target
 
 
-def run_roformer(config, workdir: str) -> dict:
-    """A tiny RoFormerV2 MLM on stdlib docstrings, post-norm from scratch at each lr, with and without the
-    α warmup (α = min(1, step / warmup_steps)); one compilation for every run (lr and warmup are traced)."""
-    os.makedirs(workdir, exist_ok=True)
-    corpus = char_corpus()
+def train_mlm(config, runs, corpus: np.ndarray | None = None) -> list[tuple[np.ndarray, float]]:
+    """Trains the tiny RoFormerV2 MLM once per (lr, alpha_warmup_steps) of `runs` (0 = no warmup) and
+    returns [(per-step losses, test loss)]. Data-parallel: every training batch is drawn once by a jitted
+    generator whose output [num_steps, B, t] is split over the batch axes; each run is one jitted scan
+    (lr and warmup traced, one compilation) with the parameters and Adam state replicated. `corpus`:
+    character ids (default `char_corpus()`), split 90/10 into train/test by position."""
+    corpus = char_corpus() if corpus is None else corpus
     split = int(0.9 * corpus.shape[0])
-    train, test = jnp.asarray(corpus[:split]), jnp.asarray(corpus[split:])
+    rep, _, csh = _shardings(config)
+    train, test = jax.device_put(jnp.asarray(corpus[:split]), rep), jax.device_put(jnp.asarray(corpus[split:]), rep)
     cfg = RoFormerV2Config(vocab_size=VOCAB_SIZE, hidden_size=config.hidden_size, num_layers=config.num_layers,
                            num_heads=config.num_heads, intermediate_size=4 * config.hidden_size,
                            type_vocab_size=0, dropout_rate=0.0)
     graphdef, params0 = nnx.split(nnx.eval_shape(lambda: RoFormerV2(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    init = jax.jit(lambda: nnx.state(RoFormerV2(cfg, rngs=nnx.Rngs(config.seed)), nnx.Param))
+    init = lambda: nnx.state(RoFormerV2(cfg, rngs=nnx.Rngs(config.seed)), nnx.Param)
     tx = optax.scale_by_adam()
 
     def mlm_loss(p, batch):
@@ -432,30 +538,50 @@ def run_roformer(config, workdir: str) -> dict:
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), ids)
         return jnp.sum(ce * target) / jnp.maximum(jnp.sum(target), 1)
 
-    @jax.jit
-    def train_run(lr, warmup):
-        def body(carry, i):
+    @functools.partial(jax.jit, static_argnums=(1, 2), out_shardings=csh)
+    def batches(corpus_, seed, num):  # [num, B, t] inputs, ids, target; batch j from fold_in(key(seed), j)
+        return jax.vmap(lambda i: mlm_batch(jax.random.fold_in(jax.random.key(seed), i), corpus_,
+                                            batch=config.batch_size, length=config.seq_len))(jnp.arange(num))
+
+    train_batches = batches(train, config.seed, config.num_steps)
+    test_batches = batches(test, 1, config.eval_batches)
+
+    @functools.partial(jax.jit, in_shardings=(rep, rep, csh, csh), out_shardings=(rep, rep))
+    def train_run(lr, warmup, data, test_data):
+        def body(carry, xs):
             p, s = carry
-            inputs, ids, target = mlm_batch(jax.random.fold_in(jax.random.key(config.seed), i), train,
-                                            batch=config.batch_size, length=config.seq_len)
+            i, (inputs, ids, target) = xs
             alpha = jnp.where(warmup > 0, jnp.minimum(1.0, i / jnp.maximum(warmup, 1)), 1.0)
             loss, g = jax.value_and_grad(mlm_loss)(p, (inputs, ids, target, alpha))
             u, s = tx.update(g, s, p)
             p = jax.tree.map(lambda a, b: a - lr * b, p, u)
             return (p, s), loss
         p = init()
-        (p, _), losses = jax.lax.scan(body, (p, tx.init(p)), jnp.arange(config.num_steps))
-        test_loss = jnp.mean(jnp.stack([mlm_loss(p, mlm_batch(jax.random.fold_in(jax.random.key(1), j), test,
-                                                              batch=config.batch_size, length=config.seq_len))
-                                        for j in range(config.eval_batches)]))
+        (p, _), losses = jax.lax.scan(body, (p, tx.init(p)), (jnp.arange(config.num_steps), data))
+        test_loss = jnp.mean(jax.lax.map(lambda b: mlm_loss(p, b), test_data))
         return losses, test_loss
 
-    results, curves = {}, {}
+    out = []
+    for lr, warmup in runs:
+        losses, test_loss = jax.block_until_ready(train_run(jnp.float32(lr), jnp.int32(warmup), train_batches,
+                                                            test_batches))
+        out.append((np.asarray(losses), float(test_loss)))
+    return out
+
+
+def run_roformer(config, workdir: str) -> dict:
+    """A tiny RoFormerV2 MLM on stdlib docstrings, post-norm from scratch at each lr, with and without the
+    α warmup (α = min(1, step / warmup_steps)); one compilation for every run (`train_mlm`)."""
+    _check_batch_sizes(config, batch_size=config.batch_size)
+    os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
+    corpus = char_corpus()
+    runs = [(lr, warmup) for lr in config.learning_rates for warmup in (0, config.alpha_warmup_steps)]
+    trained = iter(train_mlm(config, runs, corpus))
+    results, curves = {}, {}
     for lr in config.learning_rates:
         for name, warmup in (("no_warmup", 0), ("alpha_warmup", config.alpha_warmup_steps)):
-            losses, test_loss = jax.block_until_ready(train_run(jnp.float32(lr), jnp.int32(warmup)))
-            losses = np.asarray(losses)
+            losses, test_loss = next(trained)
             tag = f"lr{lr:g}/{name}"
             curves[tag] = losses
             tail = max(1, config.num_steps // 10)
@@ -480,5 +606,169 @@ def run_roformer(config, workdir: str) -> dict:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "roformer.png"), dpi=120)
+    plt.close(fig)
+    _write_losses(workdir, {f"mlm/{tag}": c for tag, c in curves.items()})
+    return _write(workdir, results)
+
+
+# ----------------------------------------------------------------------------------------------------
+# RoPE (archives/8998 §"RoPE", spec §9.6 (c)): length generalisation on a lagged copy, RoPE vs learned
+# absolute positions.
+
+POSITIONS = ("rope", "learned")
+
+
+def lagged_copy_batch(key, *, batch: int, length: int, vocab_size: int, lag: int):
+    """A delay line: tokens x [b, t] uniform over the vocabulary, targets y_i = x_{i−lag} for i ≥ lag.
+    Only the relative offset −lag determines the answer, so a model that attends by relative position
+    solves it at any length. Returns (tokens [b, t], targets [b, t], weights [b, t] = 1[i ≥ lag])."""
+    x = jax.random.randint(key, (batch, length), 0, vocab_size)
+    y = jnp.roll(x, lag, axis=1)  # y_i = x_{i−lag}; the wrapped first `lag` positions carry weight 0
+    w = jnp.broadcast_to(jnp.arange(length) >= lag, (batch, length)).astype(jnp.float32)
+    return x, y, w
+
+
+class CopyLM(nnx.Module):
+    """A small causal pre-norm transformer (`TransformerBlock`s under `causal_mask`, parameter-free RMS
+    norms) with position information either from RoPE on q and k ('rope', no position table) or from a
+    learned absolute table added to the token embeddings ('learned', `max_len` rows, no RoPE).
+
+    The learned table has `max_len` rows so that longer test sequences can be run at all; rows at and
+    beyond the training length receive no gradient (no training position reaches them) and stay at their
+    N(0, 0.02²) initial values: that is what a learned absolute position "extrapolates" with."""
+
+    def __init__(self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, ffn_dim: int, *,
+                 positions: str, max_len: int, rngs: nnx.Rngs):
+        if positions not in POSITIONS:
+            raise ValueError(f"`positions` must be one of {POSITIONS}; got {positions!r}")
+        init = nnx.initializers.normal(0.02)
+        self.token_embedding = nnx.Embed(vocab_size, d_model, embedding_init=init, rngs=rngs)
+        self.position_embedding = (nnx.Embed(max_len, d_model, embedding_init=init, rngs=rngs)
+                                   if positions == "learned" else None)
+        self.layers = nnx.List([
+            TransformerBlock(d_model, num_heads, ffn_dim, norm="rms", placement="pre", activation="relu",
+                             rope="interleaved" if positions == "rope" else None, rngs=rngs)
+            for _ in range(num_layers)])
+        self.head = nnx.Linear(d_model, vocab_size, use_bias=False, rngs=rngs)
+        self.max_len = max_len
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens [b, t] (t ≤ max_len) -> logits [b, t, V]."""
+        t = tokens.shape[1]
+        if t > self.max_len:
+            raise ValueError(f"`tokens` must have length <= max_len={self.max_len}; got shape {tokens.shape}")
+        x = self.token_embedding(tokens)  # [b, t, d]
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(jnp.arange(t))[None]
+        mask = causal_mask(t)
+        for layer in self.layers:
+            x = layer(x, mask=mask, deterministic=True)
+        return self.head(rms_norm(x))
+
+
+def copy_loss(model: CopyLM, tokens, targets, weights):
+    """Token-weighted cross-entropy over the positions with a target (the global mean over the batch)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(model(tokens).astype(jnp.float32), targets)
+    return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1)
+
+
+def copy_accuracy(model: CopyLM, tokens, targets, weights):
+    """Per-position accuracy [t] over the batch (positions with weight 0 give 0)."""
+    hit = (jnp.argmax(model(tokens), -1) == targets).astype(jnp.float32) * weights
+    return jnp.sum(hit, 0) / jnp.maximum(jnp.sum(weights, 0), 1)
+
+
+def train_copy(config, positions: str, key) -> tuple[CopyLM, np.ndarray]:
+    """Adam on the lagged copy at `config.train_length`, data-parallel over `config.mesh`; returns the
+    trained model and the per-step losses."""
+    c = config
+    rep, _, csh = _shardings(c)
+    model = CopyLM(c.vocab_size, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, positions=positions,
+                   max_len=max(c.train_length, *c.test_lengths), rngs=nnx.Rngs(c.seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adam(c.learning_rate)
+    params = jax.device_put(params, rep)
+    state = jax.device_put(tx.init(params), rep)
+    k_steps = c.log_every
+
+    @functools.partial(jax.jit, out_shardings=csh)
+    def chunk(start):
+        return jax.vmap(lambda i: lagged_copy_batch(jax.random.fold_in(key, i), batch=c.batch_size,
+                                                    length=c.train_length, vocab_size=c.vocab_size,
+                                                    lag=c.lag))(start + jnp.arange(k_steps))
+
+    @functools.partial(jax.jit, in_shardings=(rep, rep, csh), out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+    def steps(p, s, batches):
+        def body(carry, batch):
+            p, s = carry
+            loss, g = jax.value_and_grad(lambda p_: copy_loss(nnx.merge(graphdef, p_), *batch))(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+        (p, s), losses = jax.lax.scan(body, (p, s), batches)
+        return p, s, losses
+
+    losses = []
+    for start in range(0, c.num_steps, k_steps):
+        params, state, out = steps(params, state, chunk(start))
+        losses.append(np.asarray(out))  # a host sync per chunk
+    return nnx.merge(graphdef, jax.device_get(params)), np.concatenate(losses)
+
+
+def run_rope(config, workdir: str) -> dict:
+    """RoPE vs learned absolute positions on the lagged copy: trained at `train_length`, per-token copy
+    accuracy at every length of `test_lengths` (also split into positions inside / beyond the training
+    length), for each position scheme."""
+    c = config
+    _check_batch_sizes(c, batch_size=c.batch_size)
+    for name in ("train_length", "lag", "vocab_size", "num_steps", "log_every", "eval_size"):
+        value = c[name]
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive int; got {value!r}")
+    if not c.lag < c.train_length:
+        raise ValueError(f"`lag` must be < train_length={c.train_length}; got {c.lag!r}")
+    if not (len(c.test_lengths) >= 1 and all(isinstance(t, int) and t > c.lag for t in c.test_lengths)):
+        raise ValueError(f"`test_lengths` must be ints > lag={c.lag}; got {tuple(c.test_lengths)!r}")
+    if c.num_steps % c.log_every:
+        raise ValueError(f"`log_every` must divide num_steps={c.num_steps}; got {c.log_every!r}")
+    for name in c.positions:
+        if name not in POSITIONS:
+            raise ValueError(f"`positions` entries must be in {POSITIONS}; got {name!r}")
+    os.makedirs(workdir, exist_ok=True)
+    results: dict[str, float] = {}
+    curves, per_position = {}, {}
+    kdata, ktest = jax.random.split(jax.random.key(c.seed))
+    for name in c.positions:
+        t0 = time.perf_counter()
+        model, losses = train_copy(c, name, kdata)
+        results[f"rope_copy/{name}/seconds"] = time.perf_counter() - t0
+        curves[name] = losses
+        results[f"rope_copy/{name}/final_train_loss"] = float(np.mean(losses[-max(1, c.log_every):]))
+        acc_fn = nnx.jit(copy_accuracy)
+        for t in c.test_lengths:
+            batch = lagged_copy_batch(jax.random.fold_in(ktest, t), batch=c.eval_size, length=t,
+                                      vocab_size=c.vocab_size, lag=c.lag)
+            acc = np.asarray(acc_fn(model, *batch))  # [t]
+            per_position[(name, t)] = acc
+            results[f"rope_copy/{name}/accuracy_len{t}"] = float(np.mean(acc[c.lag:]))
+            if t > c.train_length:
+                results[f"rope_copy/{name}/accuracy_len{t}_within_train"] = float(np.mean(acc[c.lag:c.train_length]))
+                results[f"rope_copy/{name}/accuracy_len{t}_beyond_train"] = float(np.mean(acc[c.train_length:]))
+    results["rope_copy/chance_accuracy"] = 1.0 / c.vocab_size
+    _write_losses(workdir, {f"rope_copy/{name}": v for name, v in curves.items()})
+
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, curve in curves.items():
+        ax[0].plot(curve, label=name)
+    ax[0].set(yscale="log", xlabel="step", ylabel="train loss", title=f"lagged copy (lag {c.lag}), t = {c.train_length}")
+    ax[0].legend(fontsize=8)
+    t = max(c.test_lengths)
+    for name in c.positions:
+        ax[1].plot(np.arange(c.lag, t), per_position[(name, t)][c.lag:], label=name)
+    ax[1].axvline(c.train_length, color="gray", ls="--", lw=0.8)
+    ax[1].set(xlabel="position", ylabel="copy accuracy", title=f"test length {t}", ylim=(-0.02, 1.02))
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "rope_copy.png"), dpi=120)
     plt.close(fig)
     return _write(workdir, results)
