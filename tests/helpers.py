@@ -1,4 +1,5 @@
 """Test utilities shared across families."""
+import json
 import os
 import subprocess
 import sys
@@ -21,3 +22,10 @@ def run_python(code: str, *, devices: int = 1, timeout: float = 240, env: dict |
         raise AssertionError(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                              f"STDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def run_for_json(code: str, *, devices: int = 1, timeout: float = 240, marker: str = "LOSSES") -> dict:
+    """Runs `code` (which prints `marker` followed by one JSON object) with `devices` simulated CPU devices
+    and returns that object: the 1-vs-8-device comparisons of the runners with their own loops use it."""
+    out = run_python(code, devices=devices, timeout=timeout).stdout
+    return json.loads(out.split(marker, 1)[1])

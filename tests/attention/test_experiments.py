@@ -10,7 +10,6 @@ The runners call exactly these functions; calling them directly skips the figure
 do not train, which keeps the test within ~1 minute on a loaded 2-core machine.
 """
 from concurrent.futures import ThreadPoolExecutor
-import json
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from flax import nnx
 from kexue_jax.attention import experiments as ex
 from kexue_jax.attention.core import attention
 from kexue_jax.attention.performer import performer_attention
-from tests.helpers import run_python
+from tests.helpers import run_for_json
 
 TRAIN = r"""
 import json, jax, numpy as np
@@ -52,8 +51,7 @@ print("LOSSES" + json.dumps(out))
 
 
 def _losses(devices):
-    out = run_python(TRAIN.format(devices=devices), devices=devices, timeout=280).stdout
-    return json.loads(out.split("LOSSES", 1)[1])
+    return run_for_json(TRAIN.format(devices=devices), devices=devices, timeout=280)
 
 
 @pytest.mark.multidevice

@@ -1,5 +1,4 @@
 """The masks experiment's runner: its padding claims are exact, and it is data-parallel (8 devices = 1)."""
-import json
 import os
 
 import jax
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 
 from kexue_jax.attention import mask_experiments as mx
-from tests.helpers import run_python
+from tests.helpers import run_for_json
 
 
 def _config(**kw):
@@ -95,8 +94,7 @@ def test_eight_devices_give_the_losses_of_one():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     res = {}
     for n in (1, 8):
-        out = run_python(RUN.format(repo=repo, devices=n), devices=n).stdout
-        res[n] = json.loads(out.split("LOSSES", 1)[1])
+        res[n] = run_for_json(RUN.format(repo=repo, devices=n), devices=n)
     for v in mx.VARIANTS:
         assert len(res[1][v]) == 4
         np.testing.assert_allclose(res[8][v], res[1][v], rtol=1e-5)

@@ -5,12 +5,11 @@ Each device count runs in a fresh interpreter (the count is fixed when JAX start
 runners' smoke configs (batch 8, split 8 ways on 8 devices) with the runners' `train` functions and
 prints the per-step losses. The chess run covers three curriculum lengths.
 """
-import json
 
 import numpy as np
 import pytest
 
-from tests.helpers import run_python
+from tests.helpers import run_for_json
 
 TRAIN = r"""
 import json, jax, numpy as np
@@ -35,8 +34,7 @@ print("LOSSES" + json.dumps(out))
 
 
 def _losses(devices):
-    out = run_python(TRAIN.format(devices=devices), devices=devices, timeout=240).stdout
-    return json.loads(out.split("LOSSES", 1)[1])
+    return run_for_json(TRAIN.format(devices=devices), devices=devices, timeout=240)
 
 
 @pytest.mark.multidevice
