@@ -12,6 +12,7 @@ either a value computed in the same run (`reference_metric`) or a cited number (
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import importlib.util
 import json
@@ -117,6 +118,24 @@ def write_markdown(entries: list[dict], path: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def _merge_and_write(db_path: str, entry: dict, out: str) -> list[dict]:
+    """Adds `entry` to the results database on disk (read again under an exclusive lock) and rewrites it."""
+    with open(db_path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db = {}
+        if os.path.exists(db_path):
+            with open(db_path) as f:
+                db = {(e["slug"], e["scale"]): e for e in json.load(f)}
+        db[(entry["slug"], entry["scale"])] = entry
+        entries = list(db.values())
+        tmp = db_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+        os.replace(tmp, db_path)
+        write_markdown(entries, os.path.join(out, "RESULTS.md"))
+    return entries
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=("smoke", "full"), default="smoke")
@@ -129,10 +148,6 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     db_path = os.path.join(out, "results.json")
-    db = {}
-    if os.path.exists(db_path):
-        with open(db_path) as f:
-            db = {(e["slug"], e["scale"]): e for e in json.load(f)}
     paths = discover(args.family, args.only)
     if not paths:
         print("no experiment configs matched", file=sys.stderr)
@@ -142,14 +157,11 @@ def main(argv=None) -> int:
         print(f"[reproduce] {os.path.relpath(path, REPO)} ({args.scale}) ...", flush=True)
         entry = run_one(path, args.scale, out, timeout)
         failures += entry["status"] != "ok"
-        db[(entry["slug"], entry["scale"])] = entry
         summary = ", ".join(f"{r['metric']}={_fmt(r['value'])}" for r in entry["reports"])
         print(f"[reproduce]   {entry['status']} in {entry['wall_s']:.1f} s: {summary}", flush=True)
-        # Rewritten after every experiment, so an interrupted run keeps what it measured.
-        entries = list(db.values())
-        with open(db_path, "w") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        write_markdown(entries, os.path.join(out, "RESULTS.md"))
+        # Rewritten after every experiment, so an interrupted run keeps what it measured. The database is
+        # re-read under a lock first, so two reproduce runs with different --only keep each other's rows.
+        _merge_and_write(db_path, entry, out)
     print(f"[reproduce] wrote {os.path.join(out, 'RESULTS.md')} ({failures} failed)")
     return 1 if failures else 0
 
