@@ -231,15 +231,20 @@ def elbo_terms(eps_fn: Callable, x0: jax.Array, t: jax.Array, eps: jax.Array, sc
 
 
 def negative_elbo(eps_fn: Callable, x0: jax.Array, *, key: jax.Array, schedule: DDPMSchedule,
-                  sigma: str = "beta", num_t: int | None = None) -> jax.Array:
+                  sigma: str = "beta", num_t: int | None = None, exact_first_step: bool = True) -> jax.Array:
     """Unbiased estimate of −ELBO = KL_prior + Σ_{t=1}^T L_t per example [b] (nats).
 
-    The T steps are split into `num_t` equal strata; one t per stratum is drawn uniformly (stratified
-    sampling) and Σ_t L_t ≈ (T/num_t) Σ_k L_{t_k}, with one ε per draw. num_t = T evaluates every step.
+    The T steps are split into `num_t` equal strata of width w = T/num_t; one t per stratum is drawn
+    uniformly (stratified sampling) and Σ_t L_t ≈ w Σ_k L_{t_k}, with one ε per draw. num_t = T evaluates
+    every step. With `exact_first_step` (default) the decoder term L_1 is always evaluated, weight 1, and
+    the first stratum draws from {2, …, w} with weight w − 1: L_1 (−½D ln(2πσ₁²) plus a reconstruction
+    term) differs from every other L_t by orders of magnitude, and drawing it with probability 1/w and
+    weight w dominates the estimator's variance (about ±1.2 bits/dim on 297 digits at w = 10).
 
     Args:
       eps_fn: ε_θ(x_t, t); x0: [b, ...] model-space data; key: randomness for t and ε.
       schedule: DDPMSchedule; sigma: 'beta' | 'posterior'; num_t: strata, a divisor of T (default T).
+      exact_first_step: evaluate L_1 exactly (no effect when num_t = T).
     Returns:
       float32 [b].
     """
@@ -249,18 +254,27 @@ def negative_elbo(eps_fn: Callable, x0: jax.Array, *, key: jax.Array, schedule: 
         raise ValueError(f"`num_t` must be a positive divisor of T = {big_t}; got {num_t!r}")
     if sigma not in SIGMAS:
         raise ValueError(f"`sigma` must be one of {list(SIGMAS)}; got {sigma!r}")
+    if not isinstance(exact_first_step, bool):
+        raise ValueError(f"`exact_first_step` must be a bool; got {exact_first_step!r}")
     width = big_t // num_t
     b = x0.shape[0]
+    split_first = exact_first_step and width > 1
 
     def body(total, k):
         key_k = jax.random.fold_in(key, k)
         key_t, key_eps = jax.random.split(key_k)
-        t = 1 + k * width + jax.random.randint(key_t, (b,), 0, width)
+        # Stratum k covers t = 1 + k·w … (k + 1)·w; with `split_first` stratum 0 starts at t = 2 instead.
+        skip = jnp.where(k == 0, 1, 0) if split_first else 0
+        t = 1 + k * width + skip + jax.random.randint(key_t, (b,), 0, width - skip)
         eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
-        return total + elbo_terms(eps_fn, x0, t, eps, schedule, sigma), None
+        weight = (width - skip).astype(x0.dtype) if split_first else width
+        return total + weight * elbo_terms(eps_fn, x0, t, eps, schedule, sigma), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((b,), x0.dtype), jnp.arange(num_t))
-    return prior_kl(x0, schedule) + width * total
+    if split_first:
+        eps_1 = jax.random.normal(jax.random.fold_in(key, num_t), x0.shape, x0.dtype)
+        total = total + elbo_terms(eps_fn, x0, jnp.ones((b,), jnp.int32), eps_1, schedule, sigma)
+    return prior_kl(x0, schedule) + total
 
 
 def elbo_bits_per_dim(neg_elbo_nats, num_dims: int, levels: int):
