@@ -1,5 +1,5 @@
 """Normalizing flows: one bijector contract; NICE, RealNVP, Glow, i-ResNet and the f-VAE
-(kexue.fm/archives/5776, 5807, 6482, 5977).
+(kexue.fm/archives/5776, 5807, 6482, 5977); uniform and variational (Flow++) dequantisation.
 
 ```python
 from flax import nnx
@@ -27,11 +27,16 @@ from kexue_jax.flows.iresnet import (ConvIResNetBlock, IResNet, IResNetBlock, Po
                                      hutchinson_probes, lipswish, power_iteration, roulette_log_det, series_log_det,
                                      series_truncation_bound, spectral_normalise, with_log_det)
 from kexue_jax.flows.likelihood import bits_per_dim, check_levels, dequantize
+from kexue_jax.flows.dequant import (DEQUANTIZERS, DequantizedFlow, UniformDequantizer, VariationalDequantizer,
+                                     dequantized_terms, importance_weighted_bits_per_dim, variational_bits_per_dim,
+                                     variational_flow_loss)
 from kexue_jax.flows.nice import NICE
 from kexue_jax.flows.realnvp import RealNVP
 from kexue_jax.flows.train import data_init, evaluate, flow_loss
 
 __all__ = [
+    "VariationalDequantizer", "UniformDequantizer", "DequantizedFlow", "DEQUANTIZERS", "dequantized_terms",
+    "variational_bits_per_dim", "importance_weighted_bits_per_dim", "variational_flow_loss",
     "Bijector", "Buffer", "Chain", "Inverse", "Flatten", "Squeeze", "Unsqueeze", "squeeze", "unsqueeze", "Permute",
     "checkerboard_mask", "channel_mask", "interleaved_mask", "ConvConditioner", "MLPConditioner",
     "AdditiveCoupling", "AffineCoupling", "SCALE_FNS", "NICEScaling", "ActNorm", "data_dependent_init",
