@@ -41,7 +41,7 @@ from kexue_jax.core.metrics import write_results
 from kexue_jax.data import xiangqi as xq
 
 __all__ = ["MAX_MOVES", "move_ids", "score_moves", "choose_moves", "greedy_next_moves", "curriculum_maxlen",
-           "lm_loss", "data_parallel_train_step", "check_batch_mesh", "encode_games", "train", "play_vs_policy",
+           "lm_loss", "data_parallel_train_step", "check_batch_mesh", "learning_rate_schedule", "encode_games", "train", "play_vs_policy",
            "run"]
 
 MAX_MOVES = 128  # ≥ 111, Su's bound on the number of legal moves
@@ -181,6 +181,26 @@ def data_parallel_train_step(graphdef, tx: optax.GradientTransformation, loss_fn
                                        num_batch_args)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config):
+    """Adam's learning rate from `config.learning_rate` and `config.lr_schedule` (default 'constant'):
+    'cosine' warms up linearly over the first 2% of `num_steps`, then decays by a half cosine to 10% of
+    the peak at `num_steps` (ours; the article's script uses a constant rate). Checked before compiling."""
+    kind = config.get("lr_schedule", "constant")
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}; got {kind!r}")
+    lr = config.learning_rate
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"`learning_rate` must be a number > 0; got {lr!r}")
+    if kind == "constant":
+        return float(lr)
+    warmup = max(1, int(0.02 * config.num_steps))
+    return optax.warmup_cosine_decay_schedule(0.0, float(lr), warmup, max(warmup + 1, int(config.num_steps)),
+                                              end_value=0.1 * float(lr))
+
+
 def check_batch_mesh(config) -> dict:
     """`sharding.check_batch_size` on `config.batch_size` and `config.mesh` (before any compilation)."""
     return sharding.check_batch_size(config.batch_size, config.get("mesh"))
@@ -240,7 +260,7 @@ def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Gen
     model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
     mesh = sharding.make_mesh(c.get("mesh"))
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    tx = optax.adam(c.learning_rate)
+    tx = optax.adam(learning_rate_schedule(c))
     graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
     params = jax.device_put(params, rep)
     opt_state = jax.device_put(tx.init(params), rep)
@@ -271,6 +291,7 @@ def run(config, workdir: str) -> dict:
     t0 = time.time()
     c = config
     check_batch_mesh(c)
+    learning_rate_schedule(c)
     rng = np.random.default_rng(c.seed)
     games = xq.generate_games(c.num_games + c.num_eval_games, policy="greedy", seed=c.seed, max_plies=c.max_plies)
     train_games, eval_games = games[:c.num_games], games[c.num_games:]

@@ -8,6 +8,8 @@ cchess (LGPL, PyPI 1.25.5) is a test-time oracle only (requirements-test.txt; `m
 the library never imports it.
 """
 
+import math
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -193,8 +195,28 @@ def test_player_only_plays_legal_moves(cchess, model):
     (lambda: chess.move_ids([]), "`moves` must be a non-empty list"),
     (lambda: chess.check_batch_mesh(ml_collections.ConfigDict(dict(batch_size=0, mesh=dict(data=-1)))),
      "`batch_size` must be a positive multiple of the batch-parallel device count 1"),
+    (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=1e-3, lr_schedule="step",
+                                                                         num_steps=10))),
+     "`lr_schedule` must be one of ('constant', 'cosine'); got 'step'"),
+    (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=0.0, num_steps=10))),
+     "`learning_rate` must be a number > 0; got 0.0"),
 ])
 def test_bad_inputs(make, message):
     with pytest.raises(ValueError) as err:
         make()
     assert message in str(err.value)
+
+
+def test_cosine_learning_rate_schedule_closed_form():
+    """Linear warm-up over 2% of the steps to the peak, then ½(1 + cos(π·progress)) from the peak down to 10%."""
+    config = ml_collections.ConfigDict(dict(learning_rate=2e-3, lr_schedule="cosine", num_steps=1000))
+    sched = chess.learning_rate_schedule(config)
+    peak, warmup, end = 2e-3, 20, 2e-4
+    for step in (0, 10, 20, 300, 510, 999, 1000):
+        if step <= warmup:
+            want = peak * step / warmup
+        else:
+            want = end + (peak - end) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (1000 - warmup)))
+        assert float(sched(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+    config.lr_schedule = "constant"
+    assert chess.learning_rate_schedule(config) == 2e-3
