@@ -20,14 +20,16 @@ run (non-finite loss) is reported at the uniform loss log(vocab).
 Expected (spec §9.6): the warmup variant never diverges and reaches a lower loss than plain post-norm at the
 higher lr.
 
-Measured (2026-11-21, 2-core CPU shared with other jobs, full config, 858 s for the four runs): test MLM
-loss in nats/char (uniform over the 95 characters: 4.55), none diverged
+Measured (2026-11-21, 2-core CPU shared with other jobs, full config through `python -m
+experiments.reproduce --scale full --only roformer`, 536 s for the six runs): test MLM loss in nats/char
+(uniform over the 95 characters: 4.55), none diverged
     lr 1e-3   no warmup 1.631   α warmup 1.664   (final train loss 1.492 / 1.498)
-    lr 1e-2   no warmup 3.202   α warmup 3.201   (final train loss 3.257 / 3.259)
-At this size and length the expected effect does NOT show: at lr 1e-2 both variants stall at the
-character-unigram level (≈ 3.2) without diverging, and at lr 1e-3 the warmup is slightly worse after 600
-steps. A meaningful comparison needs an lr between the two (e.g. 3e-3) or more steps: the config now also
-runs lr 3e-3 (see results/RESULTS.md for the run with three learning rates).
+    lr 3e-3   no warmup 1.824   α warmup 1.896   (final train loss 1.673 / 1.714)
+    lr 1e-2   no warmup 3.202   α warmup 3.201   (final train loss 3.258 / 3.259)
+At this size and length the expected effect does NOT show: no run diverged without the warmup; at lr
+1e-2 both variants stall at the character-unigram level (≈ 3.2), and at 1e-3 and 3e-3 the α-warmup run
+is slightly worse after 600 steps (it spends its first 150 steps with damped residual branches). We think
+the benefit Su describes needs deep post-norm models at scale; this 4-layer model did not need it.
 """
 import ml_collections
 

@@ -16,7 +16,9 @@ next tokens are {P_r[i] : match[r, i]} and emitting w shifts (match ∧ P_r = w)
 
 Metrics (dgcnn_for_reading_comprehension `evaluate.py`): accuracy = exact match after normalisation,
 F1 = character-level F1, both maximised over the reference answers; an empty prediction scores 0;
-Final = (Accuracy + F1) / 2. Here a "character" is a token.
+Final = (Accuracy + F1) / 2. Here a "character" is a token. "No answer" is scored as a binary classifier
+(`no_answer_metrics`: recall, precision, the rate of answerable questions answered empty, balanced
+accuracy), since recall alone is 1 for a model that never answers.
 
 Training (`train`) is data-parallel with the jitted step of `chess.data_parallel_train_step`: mesh from
 `config.mesh`, replicated parameters, the batch split over the batch axes (8 simulated devices give the
@@ -43,7 +45,8 @@ from kexue_jax.core.metrics import write_results
 from kexue_jax.data import qa
 
 __all__ = ["vote", "extractive_allowed", "extractive_update", "normalize_text", "exact_match", "char_f1",
-           "final_score", "make_vote_step", "answer_questions", "seq2seq_loss", "train", "run"]
+           "final_score", "no_answer_metrics", "make_vote_step", "answer_questions", "generator_kwargs",
+           "sequence_lengths", "seq2seq_loss", "train", "run"]
 
 TINY = 1e-12
 
@@ -109,6 +112,28 @@ def char_f1(pred, answers) -> float:
 
 def final_score(accuracy: float, f1: float) -> float:
     return (accuracy + f1) / 2
+
+
+def no_answer_metrics(pred_empty, unanswerable) -> dict:
+    """"No answer" detection as a binary classifier (positive = the empty answer), so that a model that
+    always answers empty does not score 1:
+
+      answerable_empty_rate = P(empty | answerable)  (answerable questions lost to "no answer")
+      no_answer_recall      = P(empty | unanswerable)  (the old `no_answer_detection`)
+      no_answer_precision   = P(unanswerable | empty)  (0 when nothing is answered empty)
+      no_answer_balanced_accuracy = (recall + 1 − answerable_empty_rate) / 2  (0.5 for a constant answer)
+
+    A rate over an empty class is 0. pred_empty, unanswerable: sequences of bools, one per question."""
+    e, u = np.asarray(pred_empty, bool), np.asarray(unanswerable, bool)
+    if e.shape != u.shape or e.ndim != 1:
+        raise ValueError(f"`pred_empty` and `unanswerable` must be 1-D of the same length; got shapes "
+                         f"{e.shape} and {u.shape}")
+    rate = lambda num, den: float(num) / float(den) if den else 0.0
+    empty_rate = rate(np.sum(e & ~u), np.sum(~u))
+    recall = rate(np.sum(e & u), np.sum(u))
+    return {"answerable_empty_rate": empty_rate, "no_answer_recall": recall,
+            "no_answer_precision": rate(np.sum(e & u), np.sum(e)),
+            "no_answer_balanced_accuracy": (recall + 1.0 - empty_rate) / 2}
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -223,14 +248,29 @@ def seq2seq_loss(model: GPT, tokens: jax.Array, segments: jax.Array) -> jax.Arra
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-SOURCE_LEN = 80 + 5  # [CLS] passage (≤ 80) [SEP] question (1) [SEP]
-TRAIN_LEN = SOURCE_LEN + 5 + 1  # + answer (≤ 4) [SEP], one spare
+def generator_kwargs(config) -> dict:
+    """The `qa.make_example` keyword arguments held by `config` (absent keys keep the generator defaults)."""
+    kw = dict(num_keys=config.num_keys, num_words=config.num_words)
+    for name in ("passage_len", "num_facts", "value_len"):
+        if config.get(name) is not None:
+            kw[name] = tuple(config[name])
+    return kw
+
+
+def sequence_lengths(*datasets: list[dict]) -> tuple[int, int]:
+    """(source_len, train_len) covering every example of `datasets`: [CLS] P [SEP] Q [SEP] plus one spare
+    slot, then answer [SEP] plus one spare."""
+    exs = [ex for d in datasets for ex in d]
+    source_len = max(len(p) for ex in exs for p in ex["passages"]) + max(len(ex["question"]) for ex in exs) + 4
+    return source_len, source_len + max(len(ex["answer"]) for ex in exs) + 2
 
 
 def train(config, train_examples: list[dict], *, rng: np.random.Generator, writer=None
           ) -> tuple[GPT, np.ndarray]:
     """Data-parallel Adam training on `seq2seq_loss` (one random passage per example and step); returns
-    (model, per-step losses). The mesh comes from `config.mesh`; each batch is split over its batch axes."""
+    (model, per-step losses). The mesh comes from `config.mesh`; each batch is split over its batch axes.
+    Learning rate: linear warm-up over `config.warmup_steps`, then constant, or with `config.cosine_decay`
+    a cosine decay to a tenth of the peak at the last step."""
     c = config
     check_batch_mesh(c)
     model = GPT(qa.FIRST_WORD + c.num_words, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, type_vocab_size=2,
@@ -238,17 +278,23 @@ def train(config, train_examples: list[dict], *, rng: np.random.Generator, write
     mesh = sharding.make_mesh(c.get("mesh"))
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     warmup = c.get("warmup_steps", 0)
-    lr = (c.learning_rate if not warmup else optax.join_schedules(
-        [optax.linear_schedule(0.0, c.learning_rate, warmup), optax.constant_schedule(c.learning_rate)], [warmup]))
+    if c.get("cosine_decay", False):  # linear warm-up, then cosine decay to 1/10 of the peak at num_steps
+        lr = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, max(warmup, 1), c.num_steps,
+                                                end_value=0.1 * c.learning_rate)
+    else:
+        lr = (c.learning_rate if not warmup else optax.join_schedules(
+            [optax.linear_schedule(0.0, c.learning_rate, warmup), optax.constant_schedule(c.learning_rate)],
+            [warmup]))
     tx = optax.adam(lr)
     graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
     params = jax.device_put(params, rep)
     opt_state = jax.device_put(tx.init(params), rep)
     train_step = data_parallel_train_step(graphdef, tx, lambda m, t, s: (seq2seq_loss(m, t, s), None), mesh, 2)
+    train_len = sequence_lengths(train_examples)[1]
     losses = []
     for step in range(c.num_steps):
         idx = rng.integers(len(train_examples), size=c.batch_size)
-        tok, seg = qa.encode_training([train_examples[i] for i in idx], length=TRAIN_LEN, rng=rng)
+        tok, seg = qa.encode_training([train_examples[i] for i in idx], length=train_len, rng=rng)
         batch = sharding.put_batch(dict(tokens=tok, segments=seg), bsh)
         params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["segments"])
         losses.append(loss)
@@ -269,10 +315,10 @@ def run(config, workdir: str) -> dict:
     check_batch_mesh(c)
     t0 = time.time()
     rng = np.random.default_rng(c.seed)
-    kw = dict(num_keys=c.num_keys, num_words=c.num_words)
+    kw = generator_kwargs(c)
     train_examples = qa.make_dataset(c.num_train, seed=c.seed, **kw)
     test = qa.make_dataset(c.num_test, seed=c.seed + 1, **kw)
-    source_len = SOURCE_LEN
+    source_len = sequence_lengths(train_examples, test)[0]
     model, losses = train(c, train_examples, rng=rng, writer=metrics_lib.MetricWriter(workdir))
     loss = float(losses[-1])
     train_s = time.time() - t0
@@ -292,6 +338,8 @@ def run(config, workdir: str) -> dict:
     acc, f1 = score([preds[i] for i in ans], [test[i] for i in ans])
     res.update({"eval/accuracy": acc, "eval/f1": f1, "eval/final": final_score(acc, f1),
                 "eval/no_answer_detection": float(np.mean([preds[i].size == 0 for i in none])) if none else 0.0})
+    res.update({f"eval/{k}": v for k, v in no_answer_metrics([p.size == 0 for p in preds],
+                                                              [ex["answer"].size == 0 for ex in test]).items()})
     single = answer_questions(model, test, passages="single", beam_size=c.beam_size, rng=np.random.default_rng(1),
                               **opts)
     acc1, f11 = score([single[i] for i in ans], [test[i] for i in ans])

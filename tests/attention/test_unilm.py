@@ -77,6 +77,70 @@ def test_metrics():
     assert unilm.final_score(0.7259005836184343, 0.813860036706151) == pytest.approx(0.7698803101622926)
 
 
+def test_no_answer_metrics_bruteforce():
+    """Against a hand count by a plain loop, on random labels, plus the degenerate always-empty model."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        n = int(rng.integers(1, 30))
+        e, u = rng.random(n) < 0.5, rng.random(n) < 0.3
+        tp = fp = fn = tn = 0
+        for pe, pu in zip(e, u):
+            if pe and pu: tp += 1
+            elif pe: fp += 1
+            elif pu: fn += 1
+            else: tn += 1
+        got = unilm.no_answer_metrics(e.tolist(), u.tolist())
+        empty_rate = fp / (fp + tn) if fp + tn else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        assert got["answerable_empty_rate"] == pytest.approx(empty_rate)
+        assert got["no_answer_recall"] == pytest.approx(recall)
+        assert got["no_answer_precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+        assert got["no_answer_balanced_accuracy"] == pytest.approx((recall + 1 - empty_rate) / 2)
+    # the failed run's model: everything empty -> recall 1 but balanced accuracy 0.5, empty rate 1
+    got = unilm.no_answer_metrics([True] * 4, [True, False, False, True])
+    assert got == {"answerable_empty_rate": 1.0, "no_answer_recall": 1.0, "no_answer_precision": 0.5,
+                   "no_answer_balanced_accuracy": 0.5}
+    # 3 answerable (one answered empty), 2 unanswerable (one detected): hand-counted
+    got = unilm.no_answer_metrics([True, False, False, True, False], [False, False, False, True, True])
+    assert got == pytest.approx({"answerable_empty_rate": 1 / 3, "no_answer_recall": 0.5,
+                                 "no_answer_precision": 0.5, "no_answer_balanced_accuracy": (0.5 + 2 / 3) / 2})
+    with pytest.raises(ValueError, match="must be 1-D of the same length"):
+        unilm.no_answer_metrics([True], [True, False])
+
+
+def _facts(passage):
+    """(key, value) pairs parsed from `key = value ;` in a passage."""
+    p, out = list(passage), []
+    for i, t in enumerate(p):
+        if t == qa.EQ:
+            out.append((p[i - 1], tuple(p[i + 1:p.index(qa.SEMI, i)])))
+    return out
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_keys=20, num_words=100, passage_len=(10, 30), num_facts=(1, 2),
+                                           value_len=(1, 2))])
+def test_generator_ranges_and_answers(kw):
+    """Facts per passage, value lengths and passage lengths stay in their ranges (a passage may exceed the
+    maximum length only when its facts leave no room for one filler word per gap); the answer is the key's
+    value in exactly the passages flagged `has_key`, and no key appears twice in a passage."""
+    nf, vl, pl = kw.get("num_facts", (3, 5)), kw.get("value_len", (1, 4)), kw.get("passage_len", (40, 80))
+    nk = kw.get("num_keys", 50)
+    for ex in qa.make_dataset(200, seed=5, **kw):
+        key = int(ex["question"][0])
+        assert qa.FIRST_WORD <= key < qa.FIRST_WORD + nk
+        assert vl[0] <= len(ex["answer"]) <= vl[1] or (ex["answer"].size == 0 and not ex["has_key"].any())
+        for p, has in zip(ex["passages"], ex["has_key"]):
+            facts = _facts(p)
+            assert nf[0] <= len(facts) <= nf[1]
+            assert pl[0] <= len(p) <= max(pl[1], sum(len(v) + 4 for _, v in facts) + 1)
+            assert all(vl[0] <= len(v) <= vl[1] for _, v in facts)
+            keys = [k for k, _ in facts]
+            assert len(set(keys)) == len(keys)
+            assert (key in keys) == bool(has)
+            if has:
+                assert dict(facts)[key] == tuple(ex["answer"].tolist())
+
+
 def test_training_layout_segments():
     ex = qa.make_dataset(1, seed=3)[0]
     tok, seg = qa.encode_training([ex], length=100, rng=np.random.default_rng(0))
@@ -93,6 +157,8 @@ def test_training_layout_segments():
     (lambda m: unilm.answer_questions(m, qa.make_dataset(1, seed=0), source_len=85, passages="two"),
      "`passages` must be one of"),
     (lambda m: qa.make_dataset(0, seed=0), "`n` must be a positive int"),
+    (lambda m: qa.make_dataset(1, seed=0, passage_len=(30, 10)), "`passage_len` must be a (min, max) pair"),
+    (lambda m: qa.make_dataset(1, seed=0, num_keys=3, num_facts=(1, 3)), "`num_facts` must be at most"),
 ])
 def test_bad_inputs(model, make, message):
     with pytest.raises(ValueError) as err:
