@@ -313,9 +313,7 @@ def evaluate(model: Any, dataset: Any, *, key: jax.Array, config: Any, workdir: 
     num_samples = flow_train._check_positive_int(config, "eval_importance_samples", 64)
     batch_size = flow_train._check_positive_int(config, "eval_batch_size", 500)
     n, num_dims = images.shape[0], model.num_dims
-    num_chunks = -(-n // batch_size)
-    padded = np.zeros((num_chunks * batch_size,) + images.shape[1:], images.dtype)
-    padded[:n] = images
+    padded, num_chunks = flow_train._pad_to_chunks(images, batch_size)
     graphdef, state = nnx.split(model)
 
     @jax.jit

@@ -61,6 +61,7 @@ from flax import nnx
 from kexue_jax.flows.bijector import (ActNorm, AdditiveCoupling, Chain, MLPConditioner, Permute, _check_int,
                                       interleaved_mask, standard_normal_log_prob)
 from kexue_jax.flows.likelihood import bits_per_dim, check_levels, dequantize
+from kexue_jax.flows.train import _pad_to_chunks
 
 __all__ = ["FVAE", "ResidualMLP", "general_loss", "fvae_loss", "evaluate", "POSTERIOR_SCALES",
            "EVAL_DEQUANT_SEED", "SAMPLE_TEMPERATURES"]
@@ -349,9 +350,7 @@ def evaluate(model: FVAE, dataset: Any, *, key: jax.Array, config: Any, workdir:
     batch_size = _config_int(config, "eval_batch_size", 100)
     sample_chunk = min(_config_int(config, "eval_sample_chunk_size", 100), num_samples)
     n = images.shape[0]
-    num_chunks = -(-n // batch_size)
-    padded = np.zeros((num_chunks * batch_size,) + images.shape[1:], images.dtype)
-    padded[:n] = images
+    padded, num_chunks = _pad_to_chunks(images, batch_size)
     graphdef, state = nnx.split(model)
     key_elbo, key_iwae, key_sample, key_recon = jax.random.split(key, 4)
     dequant_key = jax.random.key(EVAL_DEQUANT_SEED)

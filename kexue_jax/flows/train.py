@@ -70,6 +70,14 @@ def _check_positive_int(config: Any, name: str, default: int) -> int:
     return int(value)
 
 
+def _pad_to_chunks(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
+    """`images` zero-padded to a whole number of `batch_size` chunks (one compiled shape), and that number."""
+    num_chunks = -(-images.shape[0] // batch_size)
+    padded = np.zeros((num_chunks * batch_size,) + images.shape[1:], images.dtype)
+    padded[:images.shape[0]] = images
+    return padded, num_chunks
+
+
 def evaluate(model: Any, dataset: Any, *, key: jax.Array, config: Any, workdir: str | None) -> dict[str, float]:
     """Test bits/dim, the closed-form baselines on the same split, and temperature sample grids.
 
@@ -91,9 +99,7 @@ def evaluate(model: Any, dataset: Any, *, key: jax.Array, config: Any, workdir: 
     draws = _check_positive_int(config, "eval_dequant_samples", 4)
     batch_size = _check_positive_int(config, "eval_batch_size", 500)
     n, num_dims = images.shape[0], int(np.prod(images.shape[1:]))
-    num_chunks = -(-n // batch_size)
-    padded = np.zeros((num_chunks * batch_size,) + images.shape[1:], images.dtype)
-    padded[:n] = images
+    padded, num_chunks = _pad_to_chunks(images, batch_size)
     graphdef, state = nnx.split(model)
 
     @jax.jit
