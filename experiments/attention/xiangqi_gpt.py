@@ -20,16 +20,27 @@ numbers (qualitative only).
 
 Full scale: 12000 training games of 30 plies (the evaluated range; the games against the policies run to
 80 plies, beyond the trained length), d 128, 3 layers, 4000 steps of 32 games, Adam 1e-3 with 2% warm-up
-and cosine decay to 1e-4 (about 35 min on a 2-core CPU). The run below used the earlier full config (6000
-games, 1200 steps, constant lr; sized for ≤ 20 min), which stopped while the loss was still falling.
+and cosine decay to 1e-4.
 
-Measured, earlier config (2026-11-21, 2-core CPU shared with other jobs, load average 7-10; seed 0; the
-same numbers again through `reproduce` in 708 s at a lower load):
+Measured, full config (2026-11-21, 2-core CPU shared with other jobs, `python -m experiments.reproduce
+--scale full --only xiangqi_gpt`, 1053 s: corpus 20 s, training 936 s), seed 0:
+  (a) greedy legal-move rate in the first 30 plies of 100 held-out games (2982 positions): 0.758 — still
+      MISSES the 0.9 goal; pseudo-legal 0.772, well-formed 1.000. Final training loss 0.768 per token.
+  (b) top-1 agreement with the greedy policy's choice set 0.858 vs 0.541 for a random legal move;
+      with a capture available (119 positions) 0.714 vs 0.074; same move as played 0.363 vs 0.065.
+  (c) validation perplexity 2.19 (uniform 20).
+  games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
+3.3× the steps and 2× the games moved the legal rate only from 0.732 to 0.758, and the training loss
+ended where the 1200-step run ended (0.77): the model, not the step count, looks like the limit at this
+size (d 128 × 3 layers); a wider or deeper model was not tried within the CPU budget.
+
+Measured, earlier config (6000 games, 1200 steps, constant lr 1e-3; 2026-11-21, 2-core CPU shared with
+other jobs, load average 7-10; seed 0; the same numbers again through `reproduce` in 708 s):
 19 min 30 s wall, 324 s user CPU (corpus 62 s, training 887 s, evaluation 210 s).
   (a) greedy legal-move rate, first 30 plies of 100 held-out games (3000 positions): 0.732 — MISSES the
       0.9 goal. Well-formed 1.000, pseudo-legal 0.742: almost every miss moves a piece that is not on
-      the from-square or breaks a piece rule, i.e. the model tracks the board imperfectly. We think it is
-      under-trained, not at capacity: the training loss was still falling (1.03 at step 700, 0.77 at
+      the from-square or breaks a piece rule, i.e. the model tracks the board imperfectly. We thought it
+      under-trained (the longer run above says otherwise): the training loss was still falling (1.03 at step 700, 0.77 at
       step 1199) and Su's script trains past 80k batches; a 40-ply, 1200-step run of the same model
       measured 0.744.
   (b) top-1 agreement with the greedy policy's choice set: 0.867 vs 0.575 for a random legal move
