@@ -45,7 +45,7 @@ def get_config(arg=None):
   ]
   config.tasks = ["mlp_mnist5k"]
   if smoke:
-    config.optimizers = ["adam", "eg_sgd", "eg_adam_both_mixed"]
+    config.optimizers = ["adam", "eg_sgd", "eg_adam_both_mixed", "prodigy"]
     config.learning_rates = [1e-2]
     config.num_steps = 10
     config.eval_every = 5
