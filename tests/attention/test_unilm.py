@@ -85,10 +85,10 @@ def test_no_answer_metrics_bruteforce():
         e, u = rng.random(n) < 0.5, rng.random(n) < 0.3
         tp = fp = fn = tn = 0
         for pe, pu in zip(e, u):
-            if pe and pu: tp += 1
-            elif pe: fp += 1
-            elif pu: fn += 1
-            else: tn += 1
+            tp += bool(pe and pu)
+            fp += bool(pe and not pu)
+            fn += bool(pu and not pe)
+            tn += bool(not pe and not pu)
         got = unilm.no_answer_metrics(e.tolist(), u.tolist())
         empty_rate = fp / (fp + tn) if fp + tn else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
