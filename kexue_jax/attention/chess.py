@@ -185,20 +185,29 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate_schedule(config):
-    """Adam's learning rate from `config.learning_rate` and `config.lr_schedule` (default 'constant'):
-    'cosine' warms up linearly over the first 2% of `num_steps`, then decays by a half cosine to 10% of
-    the peak at `num_steps` (ours; the article's script uses a constant rate). Checked before compiling."""
+    """Adam's learning rate from `config.learning_rate`, `config.lr_schedule` (default 'constant') and
+    `config.warmup_steps` (default: 0 for 'constant', 2% of `num_steps` for 'cosine'). 'constant' warms up
+    linearly over `warmup_steps` (if any) and then stays at the peak; 'cosine' warms up linearly, then
+    decays by a half cosine to 10% of the peak at `num_steps` (ours; the articles' scripts use a constant
+    rate). Shared by the chess and UniLM runners; checked before compiling."""
     kind = config.get("lr_schedule", "constant")
     if kind not in LR_SCHEDULES:
         raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}; got {kind!r}")
     lr = config.learning_rate
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"`learning_rate` must be a number > 0; got {lr!r}")
+    warmup = config.get("warmup_steps")
+    if warmup is None:
+        warmup = 0 if kind == "constant" else int(0.02 * config.num_steps)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"`warmup_steps` must be an int >= 0; got {warmup!r}")
+    lr = float(lr)
     if kind == "constant":
-        return float(lr)
-    warmup = max(1, int(0.02 * config.num_steps))
-    return optax.warmup_cosine_decay_schedule(0.0, float(lr), warmup, max(warmup + 1, int(config.num_steps)),
-                                              end_value=0.1 * float(lr))
+        return lr if not warmup else optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    warmup = max(1, warmup)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(warmup + 1, int(config.num_steps)),
+                                              end_value=0.1 * lr)
 
 
 def check_batch_mesh(config) -> dict:

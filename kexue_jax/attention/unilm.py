@@ -39,7 +39,7 @@ from flax import nnx
 
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, full_recompute_step_fn
-from kexue_jax.attention.chess import check_batch_mesh, data_parallel_train_step
+from kexue_jax.attention.chess import check_batch_mesh, data_parallel_train_step, learning_rate_schedule
 from kexue_jax.core import sharding
 from kexue_jax.core.metrics import write_results
 from kexue_jax.data import qa
@@ -269,23 +269,14 @@ def train(config, train_examples: list[dict], *, rng: np.random.Generator, write
           ) -> tuple[GPT, np.ndarray]:
     """Data-parallel Adam training on `seq2seq_loss` (one random passage per example and step); returns
     (model, per-step losses). The mesh comes from `config.mesh`; each batch is split over its batch axes.
-    Learning rate: linear warm-up over `config.warmup_steps`, then constant, or with `config.cosine_decay`
-    a cosine decay to a tenth of the peak at the last step."""
+    Learning rate: `chess.learning_rate_schedule` (`lr_schedule` 'constant' or 'cosine', `warmup_steps`)."""
     c = config
     check_batch_mesh(c)
     model = GPT(qa.FIRST_WORD + c.num_words, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, type_vocab_size=2,
                 rngs=nnx.Rngs(c.seed))
     mesh = sharding.make_mesh(c.get("mesh"))
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    warmup = c.get("warmup_steps", 0)
-    if c.get("cosine_decay", False):  # linear warm-up, then cosine decay to 1/10 of the peak at num_steps
-        lr = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, max(warmup, 1), c.num_steps,
-                                                end_value=0.1 * c.learning_rate)
-    else:
-        lr = (c.learning_rate if not warmup else optax.join_schedules(
-            [optax.linear_schedule(0.0, c.learning_rate, warmup), optax.constant_schedule(c.learning_rate)],
-            [warmup]))
-    tx = optax.adam(lr)
+    tx = optax.adam(learning_rate_schedule(c))
     graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
     params = jax.device_put(params, rep)
     opt_state = jax.device_put(tx.init(params), rep)
@@ -313,6 +304,7 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     c = config
     check_batch_mesh(c)
+    learning_rate_schedule(c)
     t0 = time.time()
     rng = np.random.default_rng(c.seed)
     kw = generator_kwargs(c)

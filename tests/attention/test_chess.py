@@ -200,6 +200,9 @@ def test_player_only_plays_legal_moves(cchess, model):
      "`lr_schedule` must be one of ('constant', 'cosine'); got 'step'"),
     (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=0.0, num_steps=10))),
      "`learning_rate` must be a number > 0; got 0.0"),
+    (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=-1,
+                                                                         num_steps=10))),
+     "`warmup_steps` must be an int >= 0; got -1"),
 ])
 def test_bad_inputs(make, message):
     with pytest.raises(ValueError) as err:
@@ -208,7 +211,8 @@ def test_bad_inputs(make, message):
 
 
 def test_cosine_learning_rate_schedule_closed_form():
-    """Linear warm-up over 2% of the steps to the peak, then ½(1 + cos(π·progress)) from the peak down to 10%."""
+    """Linear warm-up (2% of the steps by default, or `warmup_steps`) to the peak, then ½(1 + cos(π·progress))
+    from the peak down to 10%; 'constant' = the optional warm-up, then the peak."""
     config = ml_collections.ConfigDict(dict(learning_rate=2e-3, lr_schedule="cosine", num_steps=1000))
     sched = chess.learning_rate_schedule(config)
     peak, warmup, end = 2e-3, 20, 2e-4
@@ -218,5 +222,12 @@ def test_cosine_learning_rate_schedule_closed_form():
         else:
             want = end + (peak - end) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (1000 - warmup)))
         assert float(sched(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+    config.warmup_steps = 100  # an explicit warm-up replaces the 2% default
+    sched = chess.learning_rate_schedule(config)
+    assert float(sched(50)) == pytest.approx(1e-3, rel=1e-5)
+    assert float(sched(550)) == pytest.approx(end + (peak - end) * 0.5 * (1 + math.cos(math.pi * 450 / 900)), rel=1e-5)
     config.lr_schedule = "constant"
+    sched = chess.learning_rate_schedule(config)  # linear warm-up over warmup_steps, then the peak
+    assert [float(sched(t)) for t in (0, 25, 100, 999)] == pytest.approx([0.0, 5e-4, 2e-3, 2e-3], rel=1e-6)
+    del config.warmup_steps
     assert chess.learning_rate_schedule(config) == 2e-3
