@@ -116,6 +116,10 @@ def validate_train_config(config: Any, *, num_devices: int) -> dict[str, Callabl
             "one of 'constant', 'cosine', 'warmup_cosine'", schedule)
     if schedule == "warmup_cosine":
         check_int(config.get("warmup_steps"), "warmup_steps", minimum=0)
+        # optax's warmup_cosine_decay_schedule needs decay steps num_steps - warmup_steps > 0
+        require(config.warmup_steps < config.num_steps, "warmup_steps",
+                f"an integer < num_steps ({config.num_steps}) when lr_schedule='warmup_cosine'",
+                config.warmup_steps)
 
     axes = mesh_size(config.get("mesh"), num_devices)
     batch_devices = axes.get("data", 1) * axes.get("fsdp", 1)

@@ -114,6 +114,8 @@ BAD_CONFIGS = [
     (dict(batch_size=-4), r"`batch_size` must be an integer >= 1; got -4"),
     (dict(ema_decay=1.0), r"`ema_decay` must be None or a number in \[0, 1\); got 1\.0"),
     (dict(lr_schedule="linear"), r"`lr_schedule` must be one of 'constant', 'cosine', 'warmup_cosine'; got 'linear'"),
+    (dict(lr_schedule="warmup_cosine", warmup_steps=100, num_steps=40),
+     r"`warmup_steps` must be an integer < num_steps \(40\) when lr_schedule='warmup_cosine'; got 100"),
     (dict(mesh=dict(data=3)), r"`mesh` must be axis sizes whose product equals the device count 1"),
 ]
 
