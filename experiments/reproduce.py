@@ -2,12 +2,14 @@
 
     python -m experiments.reproduce --scale smoke            # what `make demo` runs (minutes on 2 CPUs)
     python -m experiments.reproduce --scale full --family vae
+    python -m experiments.reproduce --scale full --only realnvp --arg mnist5k   # a config's named variant
 
 Each config under experiments/<family>/<slug>.py is run in its own process through
 `experiments.main` (a crash or a hang in one cannot take the others down), in a fresh work directory.
 Each config declares the metrics it reports (`config.reports`) with the reference they are compared to:
 either a value computed in the same run (`reference_metric`) or a cited number (`reference` plus
-`reference_note`). Rows are keyed by (slug, scale), so smoke and full results live side by side.
+`reference_note`). Rows are keyed by (slug, scale), so smoke and full results live side by side; a full run of a named variant
+(`--arg mnist5k` passes 'mnist5k' to `get_config`) is its own row, slug 'realnvp:mnist5k'.
 """
 from __future__ import annotations
 
@@ -53,14 +55,17 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.4e}"
 
 
-def run_one(path: str, scale: str, out: str, timeout: float) -> dict:
+def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = None) -> dict:
     family = os.path.basename(os.path.dirname(path))
     slug = os.path.splitext(os.path.basename(path))[0]
-    config = load_config(path, "smoke" if scale == "smoke" else None)
-    workdir = os.path.join(out, "workdirs", scale, family, slug)
+    if scale == "smoke":
+        arg = "smoke"
+    config = load_config(path, arg)
+    name = slug if arg in (None, "smoke") else f"{slug}_{arg}"  # directory names of a variant's run
+    workdir = os.path.join(out, "workdirs", scale, family, name)
     shutil.rmtree(workdir, ignore_errors=True)
     rel = os.path.relpath(path, REPO)
-    cmd = [sys.executable, "-m", "experiments.main", f"--config={rel}" + (":smoke" if scale == "smoke" else ""),
+    cmd = [sys.executable, "-m", "experiments.main", f"--config={rel}" + (f":{arg}" if arg else ""),
            f"--workdir={workdir}"]
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
@@ -75,7 +80,7 @@ def run_one(path: str, scale: str, out: str, timeout: float) -> dict:
     if os.path.exists(os.path.join(workdir, "results.json")):
         with open(os.path.join(workdir, "results.json")) as f:
             results = json.load(f)
-    fig_dir = os.path.join(out, "figures", f"{family}_{slug}")
+    fig_dir = os.path.join(out, "figures", f"{family}_{name}")
     os.makedirs(fig_dir, exist_ok=True)
     figures = []
     for png in sorted(glob.glob(os.path.join(workdir, "*.png"))):
@@ -91,6 +96,8 @@ def run_one(path: str, scale: str, out: str, timeout: float) -> dict:
                             reference_note=r.get("reference_note", r.get("reference_metric", ""))))
     if status != "ok":
         print(log, file=sys.stderr)
+    if arg not in (None, "smoke"):
+        slug, rel = f"{slug}:{arg}", f"{rel}:{arg}"
     return dict(family=family, slug=slug, scale=scale, config=rel, status=status, wall_s=wall,
                 article=article, reports=reports, figures=figures, results=results,
                 command=" ".join(["python -m experiments.main", cmd[3], "--workdir=DIR"]))
@@ -141,9 +148,14 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", choices=("smoke", "full"), default="smoke")
     parser.add_argument("--family", default=None, help="only experiments/<family>/")
     parser.add_argument("--only", default=None, help="only the experiment with this slug")
+    parser.add_argument("--arg", default=None,
+                        help="a named variant passed to get_config (e.g. mnist5k); needs --scale full")
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment")
     args = parser.parse_args(argv)
+    if args.arg is not None and (args.scale != "full" or args.arg == "smoke"):
+        parser.error(f"--arg must be a named variant other than 'smoke' and needs --scale full; got --arg "
+                     f"{args.arg!r} with --scale {args.scale}")
     timeout = args.timeout or (900 if args.scale == "smoke" else 3600)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -154,8 +166,9 @@ def main(argv=None) -> int:
         return 2
     failures = 0
     for path in paths:
-        print(f"[reproduce] {os.path.relpath(path, REPO)} ({args.scale}) ...", flush=True)
-        entry = run_one(path, args.scale, out, timeout)
+        variant = f":{args.arg}" if args.arg else ""
+        print(f"[reproduce] {os.path.relpath(path, REPO)}{variant} ({args.scale}) ...", flush=True)
+        entry = run_one(path, args.scale, out, timeout, args.arg)
         failures += entry["status"] != "ok"
         summary = ", ".join(f"{r['metric']}={_fmt(r['value'])}" for r in entry["reports"])
         print(f"[reproduce]   {entry['status']} in {entry['wall_s']:.1f} s: {summary}", flush=True)
