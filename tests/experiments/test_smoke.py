@@ -13,15 +13,19 @@ from experiments import main as main_lib
 from experiments import reproduce
 
 CONFIGS = reproduce.discover()
+# named variants with a different code path than their config's 'smoke' (a test-sized arg of their own)
+VARIANTS = [(os.path.join(reproduce.REPO, "experiments", "flows", "iresnet.py"), "digits_smoke")]
 
 
 def test_there_are_experiments():
     assert any(p.endswith(os.path.join("vae", "vae.py")) for p in CONFIGS)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, reproduce.REPO) for p in CONFIGS])
-def test_two_step_smoke(path, tmp_path):
-    config = reproduce.load_config(path, "smoke")
+@pytest.mark.parametrize("path, arg", [(p, "smoke") for p in CONFIGS] + VARIANTS,
+                         ids=[os.path.relpath(p, reproduce.REPO) for p in CONFIGS]
+                         + [f"{os.path.relpath(p, reproduce.REPO)}:{a}" for p, a in VARIANTS])
+def test_two_step_smoke(path, arg, tmp_path):
+    config = reproduce.load_config(path, arg)
     assert config.get("article") and config.article.get("id"), "config.article.id names the kexue.fm article"
     assert config.get("reports"), "config.reports names the metrics the experiment reports"
     if "num_steps" in config:
