@@ -93,8 +93,9 @@ def _image_config(arg):
     config.data_dir = None
     levels = 256 if mnist else 17
     config.model = "kexue_jax.flows.iresnet.IResNet"
-    config.model_kwargs = dict(event_shape=(28, 28, 1) if mnist else (8, 8, 1), num_blocks=2 if smoke else 16,
-                               hidden=(16,) if smoke else ((1024,) if mnist else (256, 256)), actnorm=True,
+    config.model_kwargs = dict(event_shape=(28, 28, 1) if mnist else (8, 8, 1), num_blocks=2 if smoke else (8 if mnist else 16),
+                               block="conv" if mnist else "dense",
+                               hidden=16 if mnist else ((16,) if smoke else (256, 256)), actnorm=True,
                                lipschitz=0.9, activation="elu", logdet="series", n_terms=5, n_probes=1,
                                n_power_iterations=1, max_iterations=100, atol=1e-5, levels=levels)
     config.loss = "kexue_jax.flows.flow_loss"
@@ -103,8 +104,9 @@ def _image_config(arg):
     config.evaluate = "kexue_jax.flows.iresnet.evaluate_images"
     # digits: slogdet of the 64×64 Jacobian per image; mnist5k (D = 784): a long, many-probe series instead
     config.eval_logdet = "series" if mnist else "exact"
-    config.eval_logdet_options = dict(n_terms=30, n_probes=16) if mnist else {}
-    config.eval_dequant_samples = 1 if smoke else (2 if mnist else 4)
+    # 20 terms: with Lip(g) <= 0.9^3 per conv block the truncation bias is <= 0.2 nats per block (784 dims)
+    config.eval_logdet_options = dict(n_terms=20, n_probes=4) if mnist else {}
+    config.eval_dequant_samples = 1 if (smoke or mnist) else 4
     config.eval_batch_size = 100 if mnist else 500
     config.optimizer = "optax.adam"
     config.optimizer_kwargs = {}
@@ -114,11 +116,11 @@ def _image_config(arg):
     config.grad_clip_norm = 50.0
     config.ema_decay = None
     config.batch_size = 64
-    config.num_steps = 20 if smoke else 2000
+    config.num_steps = 20 if smoke else (1000 if mnist else 2000)  # mnist5k: ~1 step/s on the 2-core CPU
     config.log_every = 10 if smoke else 200
     config.checkpoint_every = 20 if smoke else 1000
     config.keep_checkpoints = 2
-    config.eval_every = 0 if smoke else 500
+    config.eval_every = 0 if (smoke or mnist) else 500
     config.mesh = dict(data=-1)
     config.progress = True
     return config
