@@ -205,6 +205,25 @@ def jit_train_step(train_step: Callable[..., Any], mesh: jax.sharding.Mesh, shar
                    out_shardings=(shardings, rep), donate_argnums=0)
 
 
+def _restore_matching(checkpointer: ckpt_lib.Checkpointer, abstract_state: Any, step: int, workdir: str) -> Any:
+    """Restores `step`; a checkpoint of another config's state (other tree structure or shapes) is a named
+    error about `workdir` instead of orbax's internals (or, for shapes, a silent mis-restore)."""
+    target = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), abstract_state)
+    try:
+        restored = checkpointer.restore(abstract_state, step)
+        problem = None
+        got = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), restored)
+        if got != target:
+            problem = "shapes or dtypes differ"
+    except (ValueError, TypeError, KeyError) as e:
+        problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if problem is not None:
+        raise config_lib.ConfigError(
+            f"`workdir` {workdir} holds a checkpoint (step {step}) whose state does not match this config's "
+            f"({problem}); use the config that wrote it or a fresh workdir")
+    return restored
+
+
 def _check_finite(history: list[tuple[int, dict]]) -> None:
     for step, metrics in history:
         for name, value in metrics.items():
@@ -253,7 +272,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     base_key = jax.random.key(config.seed)
     batch_put = sharding_lib.batch_sharding(mesh)
     if start is not None:
-        state = checkpointer.restore(ckpt_lib.abstract_like(state, shardings), start)
+        state = _restore_matching(checkpointer, ckpt_lib.abstract_like(state, shardings), start, workdir)
         print(f"[kexue_jax] resumed from step {start} in {workdir}", flush=True)
     elif config.get("data_init"):
         data_init = config_lib.import_object(config.data_init, key="data_init")

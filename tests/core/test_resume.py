@@ -93,3 +93,25 @@ def test_nan_stops_training_names_step_and_metric_and_keeps_last_good_checkpoint
     assert ck.latest_step() == 10  # saved before step 13; nothing after it
     saved = _restore_raw(workdir, 10)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved) if np.issubdtype(x.dtype, np.floating))
+
+
+@pytest.mark.parametrize("change, what", [
+    (dict(model_kwargs=dict(image_shape=(8, 8, 1), hidden=(48,), num_classes=10, levels=17)), "shape"),
+    (dict(model_kwargs=dict(image_shape=(8, 8, 1), hidden=(32, 32), num_classes=10, levels=17)), "structure"),
+    (dict(ema_decay=None), "structure"),
+])
+def test_resuming_with_a_different_config_names_the_workdir(change, what, tmp_path):
+    # A workdir written by one config, resumed by another whose state differs (a width: shapes; a layer or
+    # the EMA: tree structure): a clear error naming `workdir`, never a silent restore or orbax's internals.
+    from kexue_jax.core import train
+    from tests.core import tiny_config
+
+    config = tiny_config.get_config()
+    config.num_steps, config.checkpoint_every = 2, 2
+    train.train_and_evaluate(config, str(tmp_path))
+    for k, v in change.items():
+        config[k] = v
+    config.num_steps = 4
+    with pytest.raises(ValueError, match=r"`workdir` .* holds a checkpoint \(step 2\) whose state does not match "
+                                         r"this config's .*use the config that wrote it or a fresh workdir"):
+        train.train_and_evaluate(config, str(tmp_path))
