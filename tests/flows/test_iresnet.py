@@ -463,7 +463,11 @@ def test_evaluate_images_scores_with_the_exact_log_det_of_the_whole_flow():
         ld = np.array([np.linalg.slogdet(np.asarray(jax.jacfwd(f)(jnp.asarray(v, jnp.float32)),
                                                     np.float64).reshape(9, 9))[1] for v in y])
         logps.append(-0.5 * np.sum(z.astype(np.float64) ** 2, 1) - 4.5 * np.log(2 * np.pi) + ld)
-    brute = float(np.mean(bits_per_dim(np.stack(logps), 9, 17)))
+    per_image = np.mean(bits_per_dim(np.stack(logps), 9, 17), axis=0)
+    brute = float(np.mean(per_image))
     np.testing.assert_allclose(out["test/bpd"], brute, rtol=1e-5)
+    np.testing.assert_allclose(out["test/bpd_median"], np.median(per_image), rtol=1e-5)
+    np.testing.assert_allclose(out["test/bpd_max"], np.max(per_image), rtol=1e-5)
+    assert np.ptp(per_image) > 0.1  # the images differ, so median, mean and max are different checks
     assert abs(out["test/bpd_estimator"] - brute) > 1e-3
     assert out["test/inverse_max_abs_error"] < 1e-5
