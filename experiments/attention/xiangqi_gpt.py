@@ -6,6 +6,7 @@ Article: 当GPT遇上中国象棋, https://kexue.fm/archives/7877 (bert4keras
 Command:
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py --workdir /tmp/xiangqi
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py:smoke --workdir /tmp/xiangqi_s
+    python -m experiments.main --config experiments/attention/xiangqi_gpt.py:deep --workdir /tmp/xiangqi_deep
 
 Setup: no game records are available offline, so the corpus is material-greedy one-ply self-play
 (`kexue_jax.data.xiangqi`, seeded), at most `max_plies` plies per game, tokens [PAD] + ICCS characters
@@ -57,6 +58,7 @@ import ml_collections
 
 def get_config(arg=None):
   smoke = arg == "smoke"
+  deep = arg == "deep"  # the capacity check: 6 layers instead of 3, everything else as the full config
   config = ml_collections.ConfigDict()
   config.runner = "kexue_jax.attention.chess.run"
   config.article = dict(id="7877", title="当GPT遇上中国象棋", slug="xiangqi_gpt")
@@ -76,7 +78,7 @@ def get_config(arg=None):
   config.max_plies = 16 if smoke else 30
   config.d_model = 32 if smoke else 128
   config.num_heads = 4
-  config.num_layers = 1 if smoke else 3
+  config.num_layers = 1 if smoke else (6 if deep else 3)
   config.ffn_dim = 64 if smoke else 512
   config.learning_rate = 1e-3
   config.lr_schedule = "constant" if smoke else "cosine"  # full: 2% warm-up, cosine to 10% (ours)
