@@ -80,8 +80,8 @@ from kexue_jax.flows.bijector import (ActNorm, Bijector, Chain, Flatten, FlowMod
 __all__ = ["IResNet", "IResNetBlock", "ConvIResNetBlock", "SpectralLinear", "SpectralConv", "BLOCKS",
            "conv_power_iteration", "PowerIterationState", "ACTIVATIONS", "LOG_DETS", "PROBES",
            "lipswish", "power_iteration", "spectral_normalise", "fixed_point_inverse", "hutchinson_probes",
-           "evaluate_images", "exact_log_det", "series_log_det", "roulette_log_det", "series_truncation_bound", "with_log_det",
-           "nll_loss", "data_init", "evaluate"]
+           "exact_log_det", "series_log_det", "roulette_log_det", "series_truncation_bound", "with_log_det",
+           "nll_loss", "data_init", "evaluate", "evaluate_images"]
 
 ACTIVATIONS = ("elu", "lipswish", "tanh")
 LOG_DETS = ("series", "exact", "roulette")
@@ -707,4 +707,3 @@ def evaluate_images(model: Any, dataset: Any, *, key: jax.Array, config: Any, wo
     back = jax.jit(lambda s, v: (lambda m: m.inverse(m.forward(v)))(nnx.merge(graphdef, s)))(state, y)
     results["test/inverse_max_abs_error"] = float(jnp.max(jnp.abs(back - y)))
     return results
-
