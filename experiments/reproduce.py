@@ -8,8 +8,9 @@ Each config under experiments/<family>/<slug>.py is run in its own process throu
 `experiments.main` (a crash or a hang in one cannot take the others down), in a fresh work directory.
 Each config declares the metrics it reports (`config.reports`) with the reference they are compared to:
 either a value computed in the same run (`reference_metric`) or a cited number (`reference` plus
-`reference_note`). Rows are keyed by (slug, scale), so smoke and full results live side by side; a full run of a named variant
-(`--arg mnist5k` passes 'mnist5k' to `get_config`) is its own row, slug 'realnvp:mnist5k'.
+`reference_note`). Rows are keyed by (slug, scale), so smoke and full results live side by side; a full
+run of one config's named variant (`--only realnvp --arg mnist5k` passes 'mnist5k' to `get_config`) is its
+own row, slug 'realnvp:mnist5k'.
 """
 from __future__ import annotations
 
@@ -149,13 +150,14 @@ def main(argv=None) -> int:
     parser.add_argument("--family", default=None, help="only experiments/<family>/")
     parser.add_argument("--only", default=None, help="only the experiment with this slug")
     parser.add_argument("--arg", default=None,
-                        help="a named variant passed to get_config (e.g. mnist5k); needs --scale full")
+                        help="a named variant passed to get_config (e.g. mnist5k); needs --scale full, --only")
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment")
     args = parser.parse_args(argv)
-    if args.arg is not None and (args.scale != "full" or args.arg == "smoke"):
-        parser.error(f"--arg must be a named variant other than 'smoke' and needs --scale full; got --arg "
-                     f"{args.arg!r} with --scale {args.scale}")
+    # one config at a time: a config that does not know the variant would run its default under its name
+    if args.arg is not None and (args.scale != "full" or args.arg == "smoke" or args.only is None):
+        parser.error(f"--arg must be a named variant other than 'smoke' and needs --scale full and --only SLUG; "
+                     f"got --arg {args.arg!r} with --scale {args.scale} and --only {args.only!r}")
     timeout = args.timeout or (900 if args.scale == "smoke" else 3600)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)

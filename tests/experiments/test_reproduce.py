@@ -39,8 +39,11 @@ def test_a_named_variant_is_its_own_row_next_to_the_default(tmp_path, monkeypatc
     assert "`experiments/flows/realnvp.py:mnist5k` | full | `test/bpd` | 1 |" in (tmp_path / "RESULTS.md").read_text()
 
 
-@pytest.mark.parametrize("argv", [["--scale", "smoke", "--arg", "mnist5k"], ["--scale", "full", "--arg", "smoke"]])
-def test_arg_needs_full_scale_and_a_named_variant(argv, capsys):
+@pytest.mark.parametrize("argv", [["--scale", "smoke", "--arg", "mnist5k", "--only", "realnvp"],
+                                  ["--scale", "full", "--arg", "smoke", "--only", "realnvp"],
+                                  ["--scale", "full", "--arg", "mnist5k", "--family", "flows"]])
+def test_arg_needs_full_scale_one_config_and_a_named_variant(argv, capsys):
     with pytest.raises(SystemExit):
-        reproduce.main(argv + ["--only", "realnvp"])
-    assert "--arg must be a named variant other than 'smoke' and needs --scale full" in capsys.readouterr().err
+        reproduce.main(argv)
+    assert ("--arg must be a named variant other than 'smoke' and needs --scale full and --only SLUG"
+            in capsys.readouterr().err)
