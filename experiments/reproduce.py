@@ -3,6 +3,7 @@
     python -m experiments.reproduce --scale smoke            # what `make demo` runs (minutes on 2 CPUs)
     python -m experiments.reproduce --scale full --family vae
     python -m experiments.reproduce --scale full --only realnvp --arg mnist5k   # a config's named variant
+    python -m experiments.reproduce --scale full --only ddpm --resume   # continue a timed-out run
 
 Each config under experiments/<family>/<slug>.py is run in its own process through
 `experiments.main` (a crash or a hang in one cannot take the others down), in a fresh work directory.
@@ -56,7 +57,7 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.4e}"
 
 
-def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = None) -> dict:
+def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = None, resume: bool = False) -> dict:
     family = os.path.basename(os.path.dirname(path))
     slug = os.path.splitext(os.path.basename(path))[0]
     if scale == "smoke":
@@ -64,7 +65,10 @@ def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = N
     config = load_config(path, arg)
     name = slug if arg in (None, "smoke") else f"{slug}_{arg}"  # directory names of a variant's run
     workdir = os.path.join(out, "workdirs", scale, family, name)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not resume:  # with resume, a timed-out or killed run continues from its last checkpoint in `workdir`
+        shutil.rmtree(workdir, ignore_errors=True)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    resumed = resume and os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
     rel = os.path.relpath(path, REPO)
     cmd = [sys.executable, "-m", "experiments.main", f"--config={rel}" + (f":{arg}" if arg else ""),
            f"--workdir={workdir}"]
@@ -99,6 +103,8 @@ def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = N
         print(log, file=sys.stderr)
     if arg not in (None, "smoke"):
         slug, rel = f"{slug}:{arg}", f"{rel}:{arg}"
+    if resumed and status == "ok":
+        status = "ok (resumed)"  # wall_s then counts only the resumed part
     return dict(family=family, slug=slug, scale=scale, config=rel, status=status, wall_s=wall,
                 article=article, reports=reports, figures=figures, results=results,
                 command=" ".join(["python -m experiments.main", cmd[3], "--workdir=DIR"]))
@@ -151,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="only the experiment with this slug")
     parser.add_argument("--arg", default=None,
                         help="a named variant passed to get_config (e.g. mnist5k); needs --scale full, --only")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep each work directory, so an interrupted run continues from its last checkpoint")
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     parser.add_argument("--timeout", type=float, default=None, help="seconds per experiment")
     args = parser.parse_args(argv)
@@ -170,8 +178,8 @@ def main(argv=None) -> int:
     for path in paths:
         variant = f":{args.arg}" if args.arg else ""
         print(f"[reproduce] {os.path.relpath(path, REPO)}{variant} ({args.scale}) ...", flush=True)
-        entry = run_one(path, args.scale, out, timeout, args.arg)
-        failures += entry["status"] != "ok"
+        entry = run_one(path, args.scale, out, timeout, args.arg, resume=args.resume)
+        failures += not entry["status"].startswith("ok")
         summary = ", ".join(f"{r['metric']}={_fmt(r['value'])}" for r in entry["reports"])
         print(f"[reproduce]   {entry['status']} in {entry['wall_s']:.1f} s: {summary}", flush=True)
         # Rewritten after every experiment, so an interrupted run keeps what it measured. The database is

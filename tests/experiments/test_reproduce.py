@@ -47,3 +47,19 @@ def test_arg_needs_full_scale_one_config_and_a_named_variant(argv, capsys):
         reproduce.main(argv)
     assert ("--arg must be a named variant other than 'smoke' and needs --scale full and --only SLUG"
             in capsys.readouterr().err)
+
+
+def test_resume_keeps_the_workdir_and_marks_the_row(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "run", _fake_run(calls))
+    out = str(tmp_path)
+    ckpt = tmp_path / "workdirs" / "full" / "flows" / "realnvp" / "checkpoints" / "2000"
+    ckpt.mkdir(parents=True)
+    assert reproduce.main(["--scale", "full", "--only", "realnvp", "--resume", "--out", out]) == 0
+    assert ckpt.is_dir()  # kept: experiments.main resumes from it
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)[0]["status"] == "ok (resumed)"
+    assert reproduce.main(["--scale", "full", "--only", "realnvp", "--out", out]) == 0
+    assert not ckpt.exists()  # without --resume the run starts from scratch
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)[0]["status"] == "ok"
