@@ -33,7 +33,18 @@ Measured, full config (2026-11-21, 2-core CPU shared with other jobs, `python -m
   games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
 3.3× the steps and 2× the games moved the legal rate only from 0.732 to 0.758, and the training loss
 ended where the 1200-step run ended (0.77): the model, not the step count, looks like the limit at this
-size (d 128 × 3 layers); a wider or deeper model was not tried within the CPU budget.
+size (d 128 × 3 layers).
+Measured, `:deep` (6 layers, everything else as the full config; 2026-11-22, 2-core CPU shared with up to
+three other runs, `python -m experiments.reproduce --scale full --only xiangqi_gpt --arg deep`, 3101 s:
+corpus 70 s, training 2896 s), seed 0 -- the capacity check:
+  (a) greedy legal-move rate 0.832 (3 layers: 0.758) -- closer, still MISSES 0.9; pseudo-legal 0.845,
+      well-formed 1.000. Final training loss 0.637 per token (3 layers: 0.768).
+  (b) top-1 agreement 0.896 vs 0.541 random; with a capture available 0.790 vs 0.074; same move as played
+      0.429 vs 0.065.
+  (c) validation perplexity 1.92 (3 layers 2.19).
+  games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
+Doubling the depth moved the legal rate by +0.074 and the loss by −0.13, where 3.3× the steps at 3 layers had
+moved them by +0.026 and 0: depth is the lever; 0.9 would need more of it (or width) than this CPU allows.
 
 Measured, earlier config (6000 games, 1200 steps, constant lr 1e-3; 2026-11-21, 2-core CPU shared with
 other jobs, load average 7-10; seed 0; the same numbers again through `reproduce` in 708 s):
