@@ -60,17 +60,17 @@ def _fmt(x) -> str:
 def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = None, resume: bool = False) -> dict:
     family = os.path.basename(os.path.dirname(path))
     slug = os.path.splitext(os.path.basename(path))[0]
-    if scale == "smoke":
-        arg = "smoke"
-    config = load_config(path, arg)
-    name = slug if arg in (None, "smoke") else f"{slug}_{arg}"  # directory names of a variant's run
+    variant = arg if scale == "full" else None  # a named variant of a full run gets its own row and dirs
+    config = load_config(path, "smoke" if scale == "smoke" else variant)
+    name = f"{slug}_{variant}" if variant else slug
     workdir = os.path.join(out, "workdirs", scale, family, name)
     if not resume:  # with resume, a timed-out or killed run continues from its last checkpoint in `workdir`
         shutil.rmtree(workdir, ignore_errors=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     resumed = resume and os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
     rel = os.path.relpath(path, REPO)
-    cmd = [sys.executable, "-m", "experiments.main", f"--config={rel}" + (f":{arg}" if arg else ""),
+    suffix = ":smoke" if scale == "smoke" else (f":{variant}" if variant else "")
+    cmd = [sys.executable, "-m", "experiments.main", f"--config={rel}{suffix}",
            f"--workdir={workdir}"]
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
@@ -101,8 +101,8 @@ def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = N
                             reference_note=r.get("reference_note", r.get("reference_metric", ""))))
     if status != "ok":
         print(log, file=sys.stderr)
-    if arg not in (None, "smoke"):
-        slug, rel = f"{slug}:{arg}", f"{rel}:{arg}"
+    if variant:
+        slug, rel = f"{slug}:{variant}", f"{rel}:{variant}"
     if resumed and status == "ok":
         status = "ok (resumed)"  # wall_s then counts only the resumed part
     return dict(family=family, slug=slug, scale=scale, config=rel, status=status, wall_s=wall,
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
         print("no experiment configs matched", file=sys.stderr)
         return 2
     failures = 0
+    variant = f":{args.arg}" if args.arg else ""
     for path in paths:
-        variant = f":{args.arg}" if args.arg else ""
         print(f"[reproduce] {os.path.relpath(path, REPO)}{variant} ({args.scale}) ...", flush=True)
         entry = run_one(path, args.scale, out, timeout, args.arg, resume=args.resume)
         failures += not entry["status"].startswith("ok")

@@ -690,14 +690,15 @@ def evaluate_images(model: Any, dataset: Any, *, key: jax.Array, config: Any, wo
     """
     from kexue_jax.flows import train as flows_train
 
-    eval_logdet = (config.get("eval_logdet") if config is not None else None) or "exact"
-    options = dict((config.get("eval_logdet_options") if config is not None else None) or {})
+    config = config if config is not None else {}
+    eval_logdet = config.get("eval_logdet") or "exact"
+    options = dict(config.get("eval_logdet_options") or {})
     model = nnx.clone(model)
     model.set_attributes(update_power_iteration=False)  # the trained weights, no further power iteration
     results = flows_train.evaluate(with_log_det(model, eval_logdet, **options), dataset, key=key, config=config,
                                    workdir=workdir)
     same_draws = {k: config.get(k) for k in ("eval_dequant_samples", "eval_batch_size")
-                  if config is not None and config.get(k) is not None}  # no dataset key: no second baselines
+                  if config.get(k) is not None}  # no dataset key: no second baselines
     estimator = flows_train.evaluate(model, dataset, key=key, config=same_draws, workdir=None)
     results["test/bpd_estimator"] = estimator["test/bpd"]
     images = np.asarray(dataset.arrays["image"])[:500]

@@ -95,12 +95,12 @@ def test_nan_stops_training_names_step_and_metric_and_keeps_last_good_checkpoint
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved) if np.issubdtype(x.dtype, np.floating))
 
 
-@pytest.mark.parametrize("change, what", [
-    (dict(model_kwargs=dict(image_shape=(8, 8, 1), hidden=(48,), num_classes=10, levels=17)), "shape"),
-    (dict(model_kwargs=dict(image_shape=(8, 8, 1), hidden=(32, 32), num_classes=10, levels=17)), "structure"),
-    (dict(ema_decay=None), "structure"),
-])
-def test_resuming_with_a_different_config_names_the_workdir(change, what, tmp_path):
+@pytest.mark.parametrize("change", [
+    dict(model_kwargs=dict(image_shape=(8, 8, 1), hidden=(48,), num_classes=10, levels=17)),
+    dict(model_kwargs=dict(image_shape=(8, 8, 1), hidden=(32, 32), num_classes=10, levels=17)),
+    dict(ema_decay=None),
+], ids=["width (shapes)", "extra layer (structure)", "no EMA (structure)"])
+def test_resuming_with_a_different_config_names_the_workdir(change, tmp_path):
     # A workdir written by one config, resumed by another whose state differs (a width: shapes; a layer or
     # the EMA: tree structure): a clear error naming `workdir`, never a silent restore or orbax's internals.
     from kexue_jax.core import train
