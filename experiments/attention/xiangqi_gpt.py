@@ -69,7 +69,10 @@ import ml_collections
 
 def get_config(arg=None):
   smoke = arg == "smoke"
-  deep = arg == "deep"  # the capacity check: 6 layers instead of 3, everything else as the full config
+  if arg not in (None, "smoke", "deep", "deep12"):
+    raise ValueError(f"xiangqi_gpt config: arg must be one of None, 'smoke', 'deep', 'deep12'; got {arg!r}")
+  # The capacity checks: 6 ('deep') or 12 ('deep12') layers instead of 3, everything else as full.
+  layers = {"deep": 6, "deep12": 12}.get(arg, 3)
   config = ml_collections.ConfigDict()
   config.runner = "kexue_jax.attention.chess.run"
   config.article = dict(id="7877", title="当GPT遇上中国象棋", slug="xiangqi_gpt")
@@ -89,7 +92,7 @@ def get_config(arg=None):
   config.max_plies = 16 if smoke else 30
   config.d_model = 32 if smoke else 128
   config.num_heads = 4
-  config.num_layers = 1 if smoke else (6 if deep else 3)
+  config.num_layers = 1 if smoke else layers
   config.ffn_dim = 64 if smoke else 512
   config.learning_rate = 1e-3
   config.lr_schedule = "constant" if smoke else "cosine"  # full: 2% warm-up, cosine to 10% (ours)

@@ -66,7 +66,8 @@ def get_config(arg=None):
     config.batch_size = 64 if smoke else 128
     config.num_steps = 20 if smoke else 6000
     config.log_every = 10 if smoke else 200
-    config.checkpoint_every = 20 if smoke else 2000
+    # mnist5k: every 500 steps, so a run cut off by a session's end loses little (`reproduce --resume`).
+    config.checkpoint_every = 20 if smoke else (500 if mnist else 2000)
     config.keep_checkpoints = 2
     config.eval_every = 0
     config.mesh = dict(data=-1)

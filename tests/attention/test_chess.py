@@ -231,3 +231,19 @@ def test_cosine_learning_rate_schedule_closed_form():
     assert [float(sched(t)) for t in (0, 25, 100, 999)] == pytest.approx([0.0, 5e-4, 2e-3, 2e-3], rel=1e-6)
     del config.warmup_steps
     assert chess.learning_rate_schedule(config) == 2e-3
+
+
+def test_config_variants_and_unknown_variant():
+  """The capacity variants change only the depth; a misspelt variant is an error, not a silent default run."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "attention", "xiangqi_gpt.py")
+  spec = importlib.util.spec_from_file_location("xiangqi_gpt_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  full, deep, deep12 = mod.get_config(), mod.get_config("deep"), mod.get_config("deep12")
+  assert (full.num_layers, deep.num_layers, deep12.num_layers) == (3, 6, 12)
+  for c in (deep, deep12):
+    assert {k: v for k, v in c.items() if k != "num_layers"} == {k: v for k, v in full.items() if k != "num_layers"}
+  with pytest.raises(ValueError, match="arg must be one of .*got 'deep6'"):
+    mod.get_config("deep6")
