@@ -7,6 +7,7 @@ Command:
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py --workdir /tmp/xiangqi
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py:smoke --workdir /tmp/xiangqi_s
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py:deep --workdir /tmp/xiangqi_deep
+    python -m experiments.main --config experiments/attention/xiangqi_gpt.py:deep12 --workdir /tmp/xiangqi_deep12
 
 Setup: no game records are available offline, so the corpus is material-greedy one-ply self-play
 (`kexue_jax.data.xiangqi`, seeded), at most `max_plies` plies per game, tokens [PAD] + ICCS characters
@@ -44,7 +45,19 @@ corpus 70 s, training 2896 s), seed 0 -- the capacity check:
   (c) validation perplexity 1.92 (3 layers 2.19).
   games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
 Doubling the depth moved the legal rate by +0.074 and the loss by −0.13, where 3.3× the steps at 3 layers had
-moved them by +0.026 and 0: depth is the lever; 0.9 would need more of it (or width) than this CPU allows.
+moved them by +0.026 and 0: depth was the lever at 3 -> 6 layers (see `:deep12` above for 12).
+Measured, `:deep12` (12 layers, everything else as the full config; 2026-11-22, 2-core CPU shared with the
+NFE-table run, `python -m experiments.reproduce --scale full --only xiangqi_gpt --arg deep12`, 4599 s:
+corpus 21 s, training 4255 s), seed 0:
+  (a) greedy legal-move rate 0.860 (6 layers 0.832, 3 layers 0.758) -- still MISSES 0.9; pseudo-legal
+      0.872, well-formed 1.000. Final training loss 0.593 per token (6 layers 0.637).
+  (b) top-1 agreement 0.921 vs 0.541 random; with a capture available 0.840 vs 0.074; same move as played
+      0.429 vs 0.065.
+  (c) validation perplexity 1.87 (6 layers 1.92).
+  games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
+The second doubling of depth gained +0.029 (the first +0.074): depth alone flattens out below 0.9 at
+this data and step budget; the loss was still falling at the end (0.62 -> 0.59 over the last 500 steps),
+so longer training of the deeper model (Su's script trains far longer) is the next lever to try.
 
 Measured, earlier config (6000 games, 1200 steps, constant lr 1e-3; 2026-11-21, 2-core CPU shared with
 other jobs, load average 7-10; seed 0; the same numbers again through `reproduce` in 708 s):
