@@ -45,7 +45,7 @@ corpus 70 s, training 2896 s), seed 0 -- the capacity check:
   (c) validation perplexity 1.92 (3 layers 2.19).
   games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
 Doubling the depth moved the legal rate by +0.074 and the loss by −0.13, where 3.3× the steps at 3 layers had
-moved them by +0.026 and 0: depth was the lever at 3 -> 6 layers (see `:deep12` above for 12).
+moved them by +0.026 and 0: depth was the lever at 3 -> 6 layers (12 layers: `:deep12` below).
 Measured, `:deep12` (12 layers, everything else as the full config; 2026-11-22, 2-core CPU shared with the
 NFE-table run, `python -m experiments.reproduce --scale full --only xiangqi_gpt --arg deep12`, 4599 s:
 corpus 21 s, training 4255 s), seed 0:
