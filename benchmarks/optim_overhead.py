@@ -201,8 +201,8 @@ def bench_harness(task_name, opts, *, steps, repeats):
       (p, s), _ = jax.lax.scan(step, (p, s), t0 + jnp.arange(steps))
       return p, s, t0 + steps
 
-    sbytes[oname] = tree_bytes(opt.init(params))
-    bbytes[oname] = buffer_bytes(opt.init(params))
+    state = opt.init(params)
+    sbytes[oname], bbytes[oname] = tree_bytes(state), buffer_bytes(state)
     fns[oname] = jax.jit(run, donate_argnums=(0, 1))
     p0 = jax.tree.map(jnp.copy, params)
     carries[oname] = jax.block_until_ready(fns[oname](p0, opt.init(p0), jnp.int32(0)))

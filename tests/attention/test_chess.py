@@ -235,15 +235,13 @@ def test_cosine_learning_rate_schedule_closed_form():
 
 def test_config_variants_and_unknown_variant():
   """The capacity variants change only the depth; a misspelt variant is an error, not a silent default run."""
-  import importlib.util
   import os
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "attention", "xiangqi_gpt.py")
-  spec = importlib.util.spec_from_file_location("xiangqi_gpt_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  full, deep, deep12 = mod.get_config(), mod.get_config("deep"), mod.get_config("deep12")
+
+  from experiments import reproduce
+  path = os.path.join(reproduce.REPO, "experiments", "attention", "xiangqi_gpt.py")
+  full, deep, deep12 = (reproduce.load_config(path, arg) for arg in (None, "deep", "deep12"))
   assert (full.num_layers, deep.num_layers, deep12.num_layers) == (3, 6, 12)
   for c in (deep, deep12):
     assert {k: v for k, v in c.items() if k != "num_layers"} == {k: v for k, v in full.items() if k != "num_layers"}
   with pytest.raises(ValueError, match="arg must be one of .*got 'deep6'"):
-    mod.get_config("deep6")
+    reproduce.load_config(path, "deep6")
