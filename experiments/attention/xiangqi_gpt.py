@@ -8,6 +8,8 @@ Command:
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py:smoke --workdir /tmp/xiangqi_s
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py:deep --workdir /tmp/xiangqi_deep
     python -m experiments.main --config experiments/attention/xiangqi_gpt.py:deep12 --workdir /tmp/xiangqi_deep12
+    python -m experiments.main --config experiments/attention/xiangqi_gpt.py:long12 --workdir /tmp/xiangqi_long12
+(training checkpoints every 500 steps; the same command on the same workdir resumes a killed run)
 
 Setup: no game records are available offline, so the corpus is material-greedy one-ply self-play
 (`kexue_jax.data.xiangqi`, seeded), at most `max_plies` plies per game, tokens [PAD] + ICCS characters
@@ -82,10 +84,11 @@ import ml_collections
 
 def get_config(arg=None):
   smoke = arg == "smoke"
-  if arg not in (None, "smoke", "deep", "deep12"):
-    raise ValueError(f"xiangqi_gpt config: arg must be one of None, 'smoke', 'deep', 'deep12'; got {arg!r}")
-  # The capacity checks: 6 ('deep') or 12 ('deep12') layers instead of 3, everything else as full.
-  layers = {"deep": 6, "deep12": 12}.get(arg, 3)
+  if arg not in (None, "smoke", "deep", "deep12", "long12"):
+    raise ValueError(f"xiangqi_gpt config: arg must be one of None, 'smoke', 'deep', 'deep12', 'long12'; got {arg!r}")
+  # The capacity checks: 6 ('deep') or 12 ('deep12') layers instead of 3, everything else as full;
+  # 'long12': 12 layers trained twice as long (8000 steps; the curriculum and cosine stretch with it).
+  layers = {"deep": 6, "deep12": 12, "long12": 12}.get(arg, 3)
   config = ml_collections.ConfigDict()
   config.runner = "kexue_jax.attention.chess.run"
   config.article = dict(id="7877", title="当GPT遇上中国象棋", slug="xiangqi_gpt")
@@ -110,7 +113,8 @@ def get_config(arg=None):
   config.learning_rate = 1e-3
   config.lr_schedule = "constant" if smoke else "cosine"  # full: 2% warm-up, cosine to 10% (ours)
   config.batch_size = 8 if smoke else 32
-  config.num_steps = 8 if smoke else 4000
+  config.num_steps = 8 if smoke else (8000 if arg == "long12" else 4000)
+  config.checkpoint_every = 4 if smoke else 500  # resumable: `reproduce ... --resume` continues a killed run
   config.log_every = 4 if smoke else 100
   config.eval_plies = 8 if smoke else 30
   config.num_agreement_positions = 8 if smoke else 240

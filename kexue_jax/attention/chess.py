@@ -215,6 +215,14 @@ def check_batch_mesh(config) -> dict:
     return sharding.check_batch_size(config.batch_size, config.get("mesh"))
 
 
+def checkpoint_every(config) -> int:
+    """`config.checkpoint_every` checked (an int >= 1; 0 or absent: only at the end, i.e. `num_steps`)."""
+    every = config.get("checkpoint_every") or int(config.num_steps)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"`checkpoint_every` must be an int >= 1 (0 or None: only at the end); got {every!r}")
+    return every
+
+
 def _replay(moves: list[str]) -> list[xq.Position]:
     pos = xq.initial_position()
     out = [pos]
@@ -259,13 +267,23 @@ def encode_games(games: list[list[str]], max_plies: int) -> tuple[np.ndarray, np
             np.array([4 * len(g) + 1 for g in games], np.int32))
 
 
-def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Generator, writer=None
-          ) -> tuple[GPT, np.ndarray]:
+def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Generator, writer=None,
+          workdir: str | None = None) -> tuple[GPT, np.ndarray]:
     """Data-parallel Adam training with the progressive-length curriculum; returns (model, per-step losses).
 
-    The mesh comes from `config.mesh`; each batch [batch_size, maxlen] is split over its batch axes."""
+    The mesh comes from `config.mesh`; each batch [batch_size, maxlen] is split over its batch axes.
+    With `workdir`, the state (parameters, Adam state, the losses so far) is saved atomically to
+    `workdir/checkpoints` every `config.checkpoint_every` steps (default: only at the end) and a later call
+    resumes from the latest one: the batch stream is replayed to that step, so the resumed run (and `rng`
+    after it) is bit-identical to an uninterrupted one. `writer` defaults to `workdir/metrics.jsonl`."""
+    from kexue_jax.core import checkpoint as ckpt_lib
+    from kexue_jax.core import metrics as metrics_lib
+    from kexue_jax.core.train import _restore_matching
+
     c = config
     check_batch_mesh(c)
+    num_steps = int(c.num_steps)
+    ckpt_every = checkpoint_every(c)
     model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
     mesh = sharding.make_mesh(c.get("mesh"))
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
@@ -275,32 +293,62 @@ def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Gen
     opt_state = jax.device_put(tx.init(params), rep)
     train_step = data_parallel_train_step(graphdef, tx, lm_loss, mesh, 2)
 
-    boundaries = tuple(int(c.num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
+    boundaries = tuple(int(num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
     batches = _batches(tokens, lengths, c.batch_size, rng)
-    losses = []
-    for step in range(c.num_steps):
-        maxlen = curriculum_maxlen(step, max_len=tokens.shape[1], boundaries=boundaries)
-        tok, ln = next(batches)
-        batch = sharding.put_batch(dict(tokens=tok[:, :maxlen], lengths=np.minimum(ln, maxlen)), bsh)
-        params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["lengths"])
-        losses.append(loss)
-        if step % c.log_every == 0 or step == c.num_steps - 1:
-            if writer is not None:
-                writer.write(step, {"train/loss": float(loss), "train/maxlen": maxlen})
-        if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
-            jax.block_until_ready(loss)
-    return nnx.merge(graphdef, jax.device_get(params)), np.asarray(jax.device_get(losses), np.float32)
+    history = np.zeros(num_steps, np.float32)  # per-step losses, checkpointed with the state
+    start, checkpointer = 0, None
+    if workdir is not None:
+        checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+    losses = {}
+    try:
+        latest = checkpointer.latest_step() if checkpointer is not None else None
+        if latest is not None:
+            state = dict(params=params, opt_state=opt_state, losses=jax.device_put(history, rep))
+            state = _restore_matching(checkpointer, ckpt_lib.abstract_like(state), latest, workdir)
+            params, opt_state = state["params"], state["opt_state"]
+            history = np.array(jax.device_get(state["losses"]))
+            start = int(latest)
+            for _ in range(start):  # replay the batch stream (and `rng`) to where the run stopped
+                next(batches)
+            print(f"[kexue_jax] resumed from step {start} in {workdir}", flush=True)
+        if writer is None and workdir is not None:
+            writer = metrics_lib.MetricWriter(workdir, resume_step=start - 1)
+        for step in range(start, num_steps):
+            maxlen = curriculum_maxlen(step, max_len=tokens.shape[1], boundaries=boundaries)
+            tok, ln = next(batches)
+            batch = sharding.put_batch(dict(tokens=tok[:, :maxlen], lengths=np.minimum(ln, maxlen)), bsh)
+            params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["lengths"])
+            losses[step] = loss
+            done = step + 1
+            if step % c.log_every == 0 or done == num_steps:
+                if writer is not None:
+                    writer.write(step, {"train/loss": float(loss), "train/maxlen": maxlen})
+            if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
+                jax.block_until_ready(loss)
+            if checkpointer is not None and (done % ckpt_every == 0 or done == num_steps):
+                for i, v in jax.device_get(losses).items():
+                    history[i] = v
+                losses = {}
+                checkpointer.save(done, dict(params=params, opt_state=opt_state,
+                                             losses=jax.device_put(history, rep)))
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+    for i, v in jax.device_get(losses).items():
+        history[i] = v
+    return nnx.merge(graphdef, jax.device_get(params)), history
 
 
 def run(config, workdir: str) -> dict:
-    """Corpus -> curriculum training -> metrics (a), (b), (c) and games; writes results.json."""
-    from kexue_jax.core import metrics as metrics_lib
+    """Corpus -> curriculum training -> metrics (a), (b), (c) and games; writes results.json.
 
+    Training checkpoints into `workdir` (`config.checkpoint_every`) and resumes from it when run again."""
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     c = config
     check_batch_mesh(c)
     learning_rate_schedule(c)
+    checkpoint_every(c)
     rng = np.random.default_rng(c.seed)
     games = xq.generate_games(c.num_games + c.num_eval_games, policy="greedy", seed=c.seed, max_plies=c.max_plies)
     train_games, eval_games = games[:c.num_games], games[c.num_games:]
@@ -310,7 +358,7 @@ def run(config, workdir: str) -> dict:
     corpus_s = time.time() - t0
 
     t1 = time.time()
-    model, losses = train(c, tr_tok, tr_len, rng=rng, writer=metrics_lib.MetricWriter(workdir))
+    model, losses = train(c, tr_tok, tr_len, rng=rng, workdir=workdir)
     loss = float(losses[-1])
     train_s = time.time() - t1
 

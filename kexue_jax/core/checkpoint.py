@@ -42,7 +42,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -65,6 +66,13 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def leaf_signature(self, step: int) -> list[tuple[tuple[int, ...], str]]:
+        """The sorted (shape, dtype) of every array saved at `step`, read from the metadata only."""
+        meta = self._manager.item_metadata(step)
+        tree = getattr(meta, "tree", meta)
+        leaves = jax.tree.leaves(tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        return sorted((tuple(m.shape), str(m.dtype)) for m in leaves)
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -209,7 +209,10 @@ def _restore_matching(checkpointer: ckpt_lib.Checkpointer, abstract_state: Any, 
     """Restores `step`; a checkpoint of another config's state (other tree structure or shapes) is a named
     error about `workdir` instead of orbax's internals (or, for shapes, a silent mis-restore)."""
     target = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), abstract_state)
-    try:
+    want = sorted((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(abstract_state))
+    try:  # from the metadata first: a failed restore leaves orbax's reads pending
+        if checkpointer.leaf_signature(step) != want:
+            raise ValueError("the saved arrays have other shapes or dtypes")
         restored = checkpointer.restore(abstract_state, step)
         problem = None
         got = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), restored)

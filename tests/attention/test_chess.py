@@ -9,7 +9,9 @@ the library never imports it.
 """
 
 import math
+import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -198,6 +200,8 @@ def test_player_only_plays_legal_moves(cchess, model):
     (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=1e-3, lr_schedule="step",
                                                                          num_steps=10))),
      "`lr_schedule` must be one of ('constant', 'cosine'); got 'step'"),
+    (lambda: chess.checkpoint_every(ml_collections.ConfigDict(dict(checkpoint_every=2.5, num_steps=10))),
+     "`checkpoint_every` must be an int >= 1 (0 or None: only at the end); got 2.5"),
     (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=0.0, num_steps=10))),
      "`learning_rate` must be a number > 0; got 0.0"),
     (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=-1,
@@ -208,6 +212,44 @@ def test_bad_inputs(make, message):
     with pytest.raises(ValueError) as err:
         make()
     assert message in str(err.value)
+
+
+class _StopAfter:
+    """A metric writer that interrupts training (like a kill) when asked to log `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def write(self, step, metrics):
+        if step >= self.step:
+            raise KeyboardInterrupt(f"interrupted at step {step}")
+
+
+def test_training_interrupted_then_resumed_is_bit_identical(tmp_path):
+    """Training stopped after the step-4 checkpoint (mid-curriculum: maxlen 8 of 17) and run again on the
+    same workdir resumes at step 4 and ends with the parameters, per-step losses and `rng` state of an
+    uninterrupted run, bit for bit (the batch stream is replayed, the Adam state restored)."""
+    c = ml_collections.ConfigDict(dict(seed=0, d_model=16, num_heads=2, num_layers=1, ffn_dim=32,
+                                       learning_rate=1e-3, lr_schedule="cosine", batch_size=4, num_steps=8,
+                                       log_every=1, checkpoint_every=4, mesh=dict(data=-1)))
+    tok, ln = chess.encode_games(xq.generate_games(12, policy="greedy", seed=0, max_plies=4), 4)
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    model_a, losses_a = chess.train(c, tok, ln, rng=rng_a, workdir=str(tmp_path / "straight"))
+    with pytest.raises(KeyboardInterrupt):
+        chess.train(c, tok, ln, rng=np.random.default_rng(0), writer=_StopAfter(5),
+                    workdir=str(tmp_path / "resumed"))
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["4"]
+    model_b, losses_b = chess.train(c, tok, ln, rng=rng_b, workdir=str(tmp_path / "resumed"))
+    np.testing.assert_array_equal(losses_a, losses_b)
+    assert np.all(losses_a > 0)
+    pa, pb = nnx.state(model_a, nnx.Param), nnx.state(model_b, nnx.Param)
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert rng_a.integers(1 << 30) == rng_b.integers(1 << 30)
+    # a checkpoint of another model size is a named error, not an orbax traceback
+    with pytest.raises(ValueError, match="holds a checkpoint .step 8. whose state does not match"):
+        chess.train(ml_collections.ConfigDict(dict(c, d_model=32)), tok, ln, rng=np.random.default_rng(0),
+                    workdir=str(tmp_path / "resumed"))
 
 
 def test_cosine_learning_rate_schedule_closed_form():
@@ -234,14 +276,14 @@ def test_cosine_learning_rate_schedule_closed_form():
 
 
 def test_config_variants_and_unknown_variant():
-  """The capacity variants change only the depth; a misspelt variant is an error, not a silent default run."""
-  import os
-
-  from experiments import reproduce
-  path = os.path.join(reproduce.REPO, "experiments", "attention", "xiangqi_gpt.py")
-  full, deep, deep12 = (reproduce.load_config(path, arg) for arg in (None, "deep", "deep12"))
-  assert (full.num_layers, deep.num_layers, deep12.num_layers) == (3, 6, 12)
-  for c in (deep, deep12):
-    assert {k: v for k, v in c.items() if k != "num_layers"} == {k: v for k, v in full.items() if k != "num_layers"}
-  with pytest.raises(ValueError, match="arg must be one of .*got 'deep6'"):
-    reproduce.load_config(path, "deep6")
+    """The capacity variants change only the depth (and `long12` also the step count); a misspelt variant is
+    an error, not a silent default run."""
+    from experiments import reproduce
+    path = os.path.join(reproduce.REPO, "experiments", "attention", "xiangqi_gpt.py")
+    full, deep, deep12, long12 = (reproduce.load_config(path, arg) for arg in (None, "deep", "deep12", "long12"))
+    assert (full.num_layers, deep.num_layers, deep12.num_layers, long12.num_layers) == (3, 6, 12, 12)
+    assert (full.num_steps, long12.num_steps) == (4000, 8000)
+    for c, changed in ((deep, {"num_layers"}), (deep12, {"num_layers"}), (long12, {"num_layers", "num_steps"})):
+        assert {k: v for k, v in c.items() if k not in changed} == {k: v for k, v in full.items() if k not in changed}
+    with pytest.raises(ValueError, match="arg must be one of .*got 'deep6'"):
+        reproduce.load_config(path, "deep6")
