@@ -37,6 +37,8 @@ def get_config(arg=None):
         dict(metric="test/fd_ipndm_nfe5", reference_metric="test/fd_heun100"),
         dict(metric="test/fd_dpm_solver_pp_3m_nfe5", reference_metric="test/fd_heun100"),
     ]
+    if not smoke:  # the paper's NFE-5 plugin cell (AFS on); the smoke run has no plugin
+        config.reports.insert(1, dict(metric="test/fd_amed_plugin_afs_nfe5", reference_metric="test/fd_heun100"))
     config.seed = 0
     config.dataset = "mnist5k" if mnist else "digits"
     config.data_dir = None
@@ -49,7 +51,8 @@ def get_config(arg=None):
     config.loss_kwargs = dict(sigma_data=0.5, levels=256 if mnist else 17)
     config.evaluate = "kexue_jax.diffusion.nfe_table.evaluate"
     config.sampler_names = ["ddim", "dpm_solver_pp_3m", "ipndm", "amed"] if smoke else [
-        "ddim", "heun", "dpm_solver_2", "dpm_solver_pp_3m", "ipndm", "unipc", "deis", "amed", "amed_plugin"]
+        "ddim", "heun", "dpm_solver_2", "dpm_solver_pp_3m", "ipndm", "unipc", "deis", "amed", "amed_plugin",
+        "amed_plugin_afs"]
     config.nfe_list = [5] if smoke else [3, 4, 5, 6, 8, 10]
     config.sigma_min = 0.002
     config.sigma_max = 80.0

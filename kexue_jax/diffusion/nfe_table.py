@@ -39,6 +39,8 @@ SAMPLERS = {
     "deis": ("sample_deis", {}, "time_uniform", 2.0),
     "amed": ("sample_amed", {"afs": True}, "time_uniform", 1.0),
     "amed_plugin": ("sample_amed_plugin", {}, "polynomial", 7.0),
+    # The paper's odd-NFE plugin rows (NFE 3/5/7/9, anchors.md §5.2) use AFS: N steps cost 2N − 1.
+    "amed_plugin_afs": ("sample_amed_plugin", {"afs": True}, "polynomial", 7.0),
 }
 
 
