@@ -50,10 +50,11 @@ def get_config(arg=None):
     config.loss = "kexue_jax.diffusion.precond.edm_loss"
     config.loss_kwargs = dict(sigma_data=0.5, levels=256 if mnist else 17)
     config.evaluate = "kexue_jax.diffusion.nfe_table.evaluate"
-    config.sampler_names = ["ddim", "dpm_solver_pp_3m", "ipndm", "amed"] if smoke else [
+    # tuples, so that `--config.sampler_names="('amed',)"` can select rows on the command line
+    config.sampler_names = ("ddim", "dpm_solver_pp_3m", "ipndm", "amed") if smoke else (
         "ddim", "heun", "dpm_solver_2", "dpm_solver_pp_3m", "ipndm", "unipc", "deis", "amed", "amed_plugin",
-        "amed_plugin_afs"]
-    config.nfe_list = [5] if smoke else [3, 4, 5, 6, 8, 10]
+        "amed_plugin_afs")
+    config.nfe_list = (5,) if smoke else (3, 4, 5, 6, 8, 10)
     config.sigma_min = 0.002
     config.sigma_max = 80.0
     config.eval_num_samples = 20 if smoke else 500
