@@ -93,6 +93,7 @@ def get_config(arg=None):
   config.batch_size = 8 if smoke else 32
   config.num_steps = 4 if smoke else 3500
   config.log_every = 2 if smoke else 100
+  config.checkpoint_every = 2 if smoke else 500  # resumable: the same command on the same workdir continues
   config.beam_size = 1 if smoke else 2
   config.max_answer = 6
   config.decode_batch = 8 if smoke else 50

@@ -267,39 +267,26 @@ def encode_games(games: list[list[str]], max_plies: int) -> tuple[np.ndarray, np
             np.array([4 * len(g) + 1 for g in games], np.int32))
 
 
-def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Generator, writer=None,
-          workdir: str | None = None) -> tuple[GPT, np.ndarray]:
-    """Data-parallel Adam training with the progressive-length curriculum; returns (model, per-step losses).
+def resumable_loop(config, params, opt_state, train_step, make_batch, *, rep, bsh, workdir: str | None = None,
+                   writer=None) -> tuple:
+    """The training loop of the chess and UniLM runners, checkpointed and resumable.
 
-    The mesh comes from `config.mesh`; each batch [batch_size, maxlen] is split over its batch axes.
-    With `workdir`, the state (parameters, Adam state, the losses so far) is saved atomically to
-    `workdir/checkpoints` every `config.checkpoint_every` steps (default: only at the end) and a later call
-    resumes from the latest one: the batch stream is replayed to that step, so the resumed run (and `rng`
-    after it) is bit-identical to an uninterrupted one. `writer` defaults to `workdir/metrics.jsonl`."""
+    `make_batch(step) -> (host batch dict, extra metrics)` draws step `step`'s batch (consuming the caller's
+    rng); `train_step(params, opt_state, *the batch's arrays in the dict's order) -> (params, opt_state,
+    loss)`. With `workdir`, (params, opt_state, the per-step losses so far) are saved atomically to
+    `workdir/checkpoints` every
+    `config.checkpoint_every` steps and at the end; a later call on the same workdir restores the latest
+    one and replays `make_batch` up to it, so the resumed run (and the rng after it) is bit-identical to an
+    uninterrupted one. `writer` defaults to `workdir/metrics.jsonl`. Returns (params, per-step losses)."""
     from kexue_jax.core import checkpoint as ckpt_lib
     from kexue_jax.core import metrics as metrics_lib
     from kexue_jax.core.train import _restore_matching
 
-    c = config
-    check_batch_mesh(c)
-    num_steps = int(c.num_steps)
-    ckpt_every = checkpoint_every(c)
-    model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
-    mesh = sharding.make_mesh(c.get("mesh"))
-    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    tx = optax.adam(learning_rate_schedule(c))
-    graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
-    params = jax.device_put(params, rep)
-    opt_state = jax.device_put(tx.init(params), rep)
-    train_step = data_parallel_train_step(graphdef, tx, lm_loss, mesh, 2)
-
-    boundaries = tuple(int(num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
-    batches = _batches(tokens, lengths, c.batch_size, rng)
+    num_steps, ckpt_every = int(config.num_steps), checkpoint_every(config)
     history = np.zeros(num_steps, np.float32)  # per-step losses, checkpointed with the state
-    start, checkpointer = 0, None
+    start, checkpointer, losses = 0, None, {}
     if workdir is not None:
         checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-    losses = {}
     try:
         latest = checkpointer.latest_step() if checkpointer is not None else None
         if latest is not None:
@@ -308,21 +295,19 @@ def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Gen
             params, opt_state = state["params"], state["opt_state"]
             history = np.array(jax.device_get(state["losses"]))
             start = int(latest)
-            for _ in range(start):  # replay the batch stream (and `rng`) to where the run stopped
-                next(batches)
+            for step in range(start):  # replay the batch stream (and the rng) to where the run stopped
+                make_batch(step)
             print(f"[kexue_jax] resumed from step {start} in {workdir}", flush=True)
         if writer is None and workdir is not None:
             writer = metrics_lib.MetricWriter(workdir, resume_step=start - 1)
         for step in range(start, num_steps):
-            maxlen = curriculum_maxlen(step, max_len=tokens.shape[1], boundaries=boundaries)
-            tok, ln = next(batches)
-            batch = sharding.put_batch(dict(tokens=tok[:, :maxlen], lengths=np.minimum(ln, maxlen)), bsh)
-            params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["lengths"])
+            host, extra = make_batch(step)
+            batch = sharding.put_batch(host, bsh)
+            params, opt_state, loss = train_step(params, opt_state, *(batch[k] for k in host))
             losses[step] = loss
             done = step + 1
-            if step % c.log_every == 0 or done == num_steps:
-                if writer is not None:
-                    writer.write(step, {"train/loss": float(loss), "train/maxlen": maxlen})
+            if (step % config.log_every == 0 or done == num_steps) and writer is not None:
+                writer.write(step, {"train/loss": float(loss), **extra})
             if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
                 jax.block_until_ready(loss)
             if checkpointer is not None and (done % ckpt_every == 0 or done == num_steps):
@@ -336,7 +321,39 @@ def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Gen
             checkpointer.close()
     for i, v in jax.device_get(losses).items():
         history[i] = v
-    return nnx.merge(graphdef, jax.device_get(params)), history
+    return params, history
+
+
+def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Generator, writer=None,
+          workdir: str | None = None) -> tuple[GPT, np.ndarray]:
+    """Data-parallel Adam training with the progressive-length curriculum; returns (model, per-step losses).
+
+    The mesh comes from `config.mesh`; each batch [batch_size, maxlen] is split over its batch axes.
+    With `workdir`, training checkpoints there every `config.checkpoint_every` steps and resumes from the
+    latest checkpoint bit-identically (`resumable_loop`)."""
+    c = config
+    check_batch_mesh(c)
+    checkpoint_every(c)
+    model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
+    mesh = sharding.make_mesh(c.get("mesh"))
+    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    tx = optax.adam(learning_rate_schedule(c))
+    graphdef, params = nnx.split(model, nnx.Param)  # a GPT holds only nnx.Param variables
+    params = jax.device_put(params, rep)
+    opt_state = jax.device_put(tx.init(params), rep)
+    train_step = data_parallel_train_step(graphdef, tx, lm_loss, mesh, 2)
+
+    boundaries = tuple(int(int(c.num_steps) * f) for f in (1 / 8, 1 / 4, 1 / 2))
+    batches = _batches(tokens, lengths, c.batch_size, rng)
+
+    def make_batch(step):
+        maxlen = curriculum_maxlen(step, max_len=tokens.shape[1], boundaries=boundaries)
+        tok, ln = next(batches)
+        return dict(tokens=tok[:, :maxlen], lengths=np.minimum(ln, maxlen)), {"train/maxlen": maxlen}
+
+    params, losses = resumable_loop(c, params, opt_state, train_step, make_batch, rep=rep, bsh=bsh,
+                                    workdir=workdir, writer=writer)
+    return nnx.merge(graphdef, jax.device_get(params)), losses
 
 
 def run(config, workdir: str) -> dict:

@@ -39,7 +39,8 @@ from flax import nnx
 
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, full_recompute_step_fn
-from kexue_jax.attention.chess import check_batch_mesh, data_parallel_train_step, learning_rate_schedule
+from kexue_jax.attention.chess import (check_batch_mesh, checkpoint_every, data_parallel_train_step,
+                                      learning_rate_schedule, resumable_loop)
 from kexue_jax.core import sharding
 from kexue_jax.core.metrics import write_results
 from kexue_jax.data import qa
@@ -265,13 +266,16 @@ def sequence_lengths(*datasets: list[dict]) -> tuple[int, int]:
     return source_len, source_len + max(len(ex["answer"]) for ex in exs) + 2
 
 
-def train(config, train_examples: list[dict], *, rng: np.random.Generator, writer=None
-          ) -> tuple[GPT, np.ndarray]:
+def train(config, train_examples: list[dict], *, rng: np.random.Generator, writer=None,
+          workdir: str | None = None) -> tuple[GPT, np.ndarray]:
     """Data-parallel Adam training on `seq2seq_loss` (one random passage per example and step); returns
     (model, per-step losses). The mesh comes from `config.mesh`; each batch is split over its batch axes.
-    Learning rate: `chess.learning_rate_schedule` (`lr_schedule` 'constant' or 'cosine', `warmup_steps`)."""
+    Learning rate: `chess.learning_rate_schedule` (`lr_schedule` 'constant' or 'cosine', `warmup_steps`).
+    With `workdir`, training checkpoints there every `config.checkpoint_every` steps and resumes from the
+    latest checkpoint bit-identically (`chess.resumable_loop`)."""
     c = config
     check_batch_mesh(c)
+    checkpoint_every(c)
     model = GPT(qa.FIRST_WORD + c.num_words, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, type_vocab_size=2,
                 rngs=nnx.Rngs(c.seed))
     mesh = sharding.make_mesh(c.get("mesh"))
@@ -282,36 +286,32 @@ def train(config, train_examples: list[dict], *, rng: np.random.Generator, write
     opt_state = jax.device_put(tx.init(params), rep)
     train_step = data_parallel_train_step(graphdef, tx, lambda m, t, s: (seq2seq_loss(m, t, s), None), mesh, 2)
     train_len = sequence_lengths(train_examples)[1]
-    losses = []
-    for step in range(c.num_steps):
+
+    def make_batch(step):
         idx = rng.integers(len(train_examples), size=c.batch_size)
         tok, seg = qa.encode_training([train_examples[i] for i in idx], length=train_len, rng=rng)
-        batch = sharding.put_batch(dict(tokens=tok, segments=seg), bsh)
-        params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["segments"])
-        losses.append(loss)
-        if (step % c.log_every == 0 or step == c.num_steps - 1) and writer is not None:
-            writer.write(step, {"train/loss": float(loss)})
-        if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
-            jax.block_until_ready(loss)
-    return nnx.merge(graphdef, jax.device_get(params)), np.asarray(jax.device_get(losses), np.float32)
+        return dict(tokens=tok, segments=seg), {}
+
+    params, losses = resumable_loop(c, params, opt_state, train_step, make_batch, rep=rep, bsh=bsh,
+                                    workdir=workdir, writer=writer)
+    return nnx.merge(graphdef, jax.device_get(params)), losses
 
 
 def run(config, workdir: str) -> dict:
     """Data -> training -> EM / F1 / Final, no-answer detection, vote vs single passage, generative
     decoding, cached vs recomputed decoding throughput; writes results.json."""
-    from kexue_jax.core import metrics as metrics_lib
-
     os.makedirs(workdir, exist_ok=True)
     c = config
     check_batch_mesh(c)
     learning_rate_schedule(c)
+    checkpoint_every(c)
     t0 = time.time()
     rng = np.random.default_rng(c.seed)
     kw = generator_kwargs(c)
     train_examples = qa.make_dataset(c.num_train, seed=c.seed, **kw)
     test = qa.make_dataset(c.num_test, seed=c.seed + 1, **kw)
     source_len = sequence_lengths(train_examples, test)[0]
-    model, losses = train(c, train_examples, rng=rng, writer=metrics_lib.MetricWriter(workdir))
+    model, losses = train(c, train_examples, rng=rng, workdir=workdir)
     loss = float(losses[-1])
     train_s = time.time() - t0
 
