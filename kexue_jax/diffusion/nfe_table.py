@@ -41,6 +41,10 @@ SAMPLERS = {
     "amed_plugin": ("sample_amed_plugin", {}, "polynomial", 7.0),
     # The paper's odd-NFE plugin rows (NFE 3/5/7/9, anchors.md §5.2) use AFS: N steps cost 2N − 1.
     "amed_plugin_afs": ("sample_amed_plugin", {"afs": True}, "polynomial", 7.0),
+    # Controls without distillation: the plugin with r = ½, c = a = 1 fixed, i.e. iPNDM on the same grid with
+    # its geometric midpoints inserted. What the learned predictor adds is the gap to these rows.
+    "amed_plugin_r05": ("sample_amed_plugin", {}, "polynomial", 7.0),
+    "amed_plugin_afs_r05": ("sample_amed_plugin", {"afs": True}, "polynomial", 7.0),
 }
 
 
@@ -124,7 +128,11 @@ def evaluate(model, dataset, *, key, config, workdir):
                                  entropy=float("nan")))
                 continue
             grids[(name, target)] = sig
-            if name.startswith("amed"):
+            if name.endswith("_r05"):  # fixed r = ½, c = a = 1: no distillation
+                ones = np.ones(len(sig) - 1, np.float32)
+                x = jax.jit(lambda s, x: fn(denoisers(s)[0], x, sig, **dict(opts, predictor=(0.5 * ones, ones, ones)))
+                            )(state, x_T)
+            elif name.startswith("amed"):
                 pred = samplers.AMEDPredictor(feature_dim, scale_dir=0.01, scale_time=0.0 if name == "amed" else 0.2,
                                               rngs=nnx.Rngs(config.seed))
                 den_aux = denoisers(state)[1]
