@@ -274,13 +274,22 @@ def resumable_loop(config, params, opt_state, train_step, make_batch, *, rep, bs
     `make_batch(step) -> (host batch dict, extra metrics)` draws step `step`'s batch (consuming the caller's
     rng); `train_step(params, opt_state, *the batch's arrays in the dict's order) -> (params, opt_state,
     loss)`. With `workdir`, (params, opt_state, the per-step losses so far) are saved atomically to
-    `workdir/checkpoints` every
-    `config.checkpoint_every` steps and at the end; a later call on the same workdir restores the latest
-    one and replays `make_batch` up to it, so the resumed run (and the rng after it) is bit-identical to an
-    uninterrupted one. `writer` defaults to `workdir/metrics.jsonl`. Returns (params, per-step losses)."""
+    `workdir/checkpoints` every `config.checkpoint_every` steps and at the end; a later call on the same
+    workdir restores the latest one and replays `make_batch` up to it, so the resumed run (and the rng
+    after it) is bit-identical to an uninterrupted one. The losses are checked at every checkpoint (and
+    every 16 steps): a NaN or infinite loss raises `NonFiniteError` naming the step, before anything is
+    saved, so the last good checkpoint is kept. `writer` defaults to `workdir/metrics.jsonl`.
+    Returns (params, per-step losses)."""
     from kexue_jax.core import checkpoint as ckpt_lib
     from kexue_jax.core import metrics as metrics_lib
-    from kexue_jax.core.train import _restore_matching
+    from kexue_jax.core.train import NonFiniteError, _restore_matching
+
+    def check_finite(fetched):
+        bad = [i for i, v in sorted(fetched.items()) if not np.isfinite(v)]
+        if bad:
+            raise NonFiniteError(
+                f"metric 'train/loss' became {float(fetched[bad[0]])} at step {bad[0]}; training stopped and "
+                "the last good checkpoint was kept (lower `learning_rate` or check the data)")
 
     num_steps, ckpt_every = int(config.num_steps), checkpoint_every(config)
     history = np.zeros(num_steps, np.float32)  # per-step losses, checkpointed with the state
@@ -308,19 +317,19 @@ def resumable_loop(config, params, opt_state, train_step, make_batch, *, rep, bs
             done = step + 1
             if (step % config.log_every == 0 or done == num_steps) and writer is not None:
                 writer.write(step, {"train/loss": float(loss), **extra})
-            if step % 16 == 0:  # simulated CPU devices deadlock without a host sync every ≤ 16 steps
-                jax.block_until_ready(loss)
-            if checkpointer is not None and (done % ckpt_every == 0 or done == num_steps):
-                for i, v in jax.device_get(losses).items():
+            if step % 16 == 0 or done % ckpt_every == 0 or done == num_steps:
+                # a host sync (simulated CPU devices deadlock without one every ≤ 16 steps) and the NaN guard
+                fetched = jax.device_get(losses)
+                check_finite(fetched)
+                for i, v in fetched.items():
                     history[i] = v
                 losses = {}
+            if checkpointer is not None and (done % ckpt_every == 0 or done == num_steps):
                 checkpointer.save(done, dict(params=params, opt_state=opt_state,
                                              losses=jax.device_put(history, rep)))
     finally:
         if checkpointer is not None:
             checkpointer.close()
-    for i, v in jax.device_get(losses).items():
-        history[i] = v
     return params, history
 
 

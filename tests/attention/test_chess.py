@@ -252,6 +252,34 @@ def test_training_interrupted_then_resumed_is_bit_identical(tmp_path):
                     workdir=str(tmp_path / "resumed"))
 
 
+def test_nan_loss_stops_training_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """`resumable_loop` with a step whose loss turns NaN at step 5: NonFiniteError names the step, and the
+    checkpoints on disk are the good ones (2 and 4), not a poisoned one."""
+    from kexue_jax.core import sharding
+    from kexue_jax.core.train import NonFiniteError
+
+    c = ml_collections.ConfigDict(dict(num_steps=8, checkpoint_every=2, log_every=100))
+    mesh = sharding.make_mesh(dict(data=-1))
+    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+    def train_step(params, opt_state, x):
+        loss = jnp.where(opt_state >= 5, jnp.nan, jnp.mean(x))
+        return params + 1.0, opt_state + 1, loss
+
+    make_batch = lambda step: (dict(x=np.full((8,), step + 1.0, np.float32)), {})  # noqa: E731
+    with pytest.raises(NonFiniteError) as err:
+        chess.resumable_loop(c, jnp.zeros(3), jnp.int32(0), train_step, make_batch, rep=rep, bsh=bsh,
+                             workdir=str(tmp_path))
+    assert "metric 'train/loss' became nan at step 5" in str(err.value)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    # the good run resumes from 4 when the fault is gone
+    ok_step = lambda p, o, x: (p + 1.0, o + 1, jnp.mean(x))  # noqa: E731
+    params, losses = chess.resumable_loop(c, jnp.zeros(3), jnp.int32(0), ok_step, make_batch, rep=rep, bsh=bsh,
+                                          workdir=str(tmp_path))
+    np.testing.assert_array_equal(np.asarray(params), np.full(3, 8.0))
+    np.testing.assert_array_equal(losses, np.arange(1, 9, dtype=np.float32))
+
+
 def test_cosine_learning_rate_schedule_closed_form():
     """Linear warm-up (2% of the steps by default, or `warmup_steps`) to the peak, then ½(1 + cos(π·progress))
     from the peak down to 10%; 'constant' = the optional warm-up, then the peak."""
