@@ -6,6 +6,7 @@ Article: 万能的seq2seq：基于seq2seq的阅读理解问答, https://kexue.fm
 Command:
     python -m experiments.main --config experiments/attention/unilm_reading_comprehension.py --workdir /tmp/unilm
     python -m experiments.main --config experiments/attention/unilm_reading_comprehension.py:smoke --workdir /tmp/u_s
+(training checkpoints every 500 steps; the same command on the same workdir resumes a killed run)
 
 Setup (spec §1.7; SogouQA/WebQA are not available offline): questions are keys; each question has 3
 passages, 0–2 of which hold its key (always with the same value), the others hold only other keys
