@@ -60,6 +60,18 @@ corpus 21 s, training 4255 s), seed 0:
 The second doubling of depth gained +0.029 (the first +0.074): depth alone flattens out below 0.9 at
 this data and step budget; the loss was still falling at the end (0.62 -> 0.59 over the last 500 steps),
 so longer training of the deeper model (Su's script trains far longer) is the next lever to try.
+Measured, `:long12` (12 layers, 8000 steps: twice deep12's, with the curriculum and the cosine stretched
+with them; 2026-11-22, 2-core CPU, alone for most of the run, `python -m experiments.reproduce --scale full
+--only xiangqi_gpt --arg long12`, 6086 s: corpus 24 s, training 5891 s), seed 0:
+  (a) greedy legal-move rate 0.904 (2697 of 2982 positions) -- MEETS the 0.9 goal, narrowly: the binomial
+      95% interval is ±0.011 (wider still, as positions of one game are correlated); pseudo-legal 0.914,
+      well-formed 1.000. Final training loss 0.518 per token (deep12 0.593).
+  (b) top-1 agreement 0.946 vs 0.535 random; with a capture available 0.890 vs 0.054; same move as played
+      0.471 vs 0.052 (the 240 positions differ from the runs above: the rng after 8000 steps differs).
+  (c) validation perplexity 1.84 (deep12 1.87).
+  games: vs random 0 W / 8 D / 0 L, vs greedy 0 W / 8 D / 0 L (80 plies).
+Twice the steps at 12 layers gained +0.044 (0.860 -> 0.904), more than the second doubling of depth
+(+0.029): at this depth the step budget was the limit.
 
 Measured, earlier config (6000 games, 1200 steps, constant lr 1e-3; 2026-11-21, 2-core CPU shared with
 other jobs, load average 7-10; seed 0; the same numbers again through `reproduce` in 708 s):
