@@ -140,7 +140,8 @@ def evaluate(model, dataset, *, key, config, workdir):
                 pred, _ = samplers.train_amed_predictor(
                     pred, den_aux, sig, lambda k: sigma_max * jax.random.normal(k, (bsz, *shape), jnp.float32),
                     key=jax.random.fold_in(key, 1000 + target), num_batches=int(config.amed_num_batches),
-                    inserted=1 if name == "amed" else 2, has_aux=True, afs=extra.get("afs", False),
+                    inserted=1 if name == "amed" else config.get("amed_plugin_inserted", 2), has_aux=True,
+                    afs=extra.get("afs", False),
                     student="amed" if name == "amed" else "ipndm")
                 extra = dict(opts, predictor=pred)
                 pg, pstate = nnx.split(pred)
