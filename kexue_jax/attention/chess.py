@@ -342,7 +342,6 @@ def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Gen
     latest checkpoint bit-identically (`resumable_loop`)."""
     c = config
     check_batch_mesh(c)
-    checkpoint_every(c)
     model = GPT(len(xq.VOCAB), c.d_model, c.num_heads, c.num_layers, c.ffn_dim, rngs=nnx.Rngs(c.seed))
     mesh = sharding.make_mesh(c.get("mesh"))
     rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
@@ -352,7 +351,7 @@ def train(config, tokens: np.ndarray, lengths: np.ndarray, *, rng: np.random.Gen
     opt_state = jax.device_put(tx.init(params), rep)
     train_step = data_parallel_train_step(graphdef, tx, lm_loss, mesh, 2)
 
-    boundaries = tuple(int(int(c.num_steps) * f) for f in (1 / 8, 1 / 4, 1 / 2))
+    boundaries = tuple(int(c.num_steps * f) for f in (1 / 8, 1 / 4, 1 / 2))
     batches = _batches(tokens, lengths, c.batch_size, rng)
 
     def make_batch(step):

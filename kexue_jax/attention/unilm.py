@@ -275,7 +275,6 @@ def train(config, train_examples: list[dict], *, rng: np.random.Generator, write
     latest checkpoint bit-identically (`chess.resumable_loop`)."""
     c = config
     check_batch_mesh(c)
-    checkpoint_every(c)
     model = GPT(qa.FIRST_WORD + c.num_words, c.d_model, c.num_heads, c.num_layers, c.ffn_dim, type_vocab_size=2,
                 rngs=nnx.Rngs(c.seed))
     mesh = sharding.make_mesh(c.get("mesh"))
