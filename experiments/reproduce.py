@@ -66,9 +66,11 @@ def run_one(path: str, scale: str, out: str, timeout: float, arg: str | None = N
     workdir = os.path.join(out, "workdirs", scale, family, name)
     if not resume:  # with resume, a timed-out or killed run continues from its last checkpoint in `workdir`
         shutil.rmtree(workdir, ignore_errors=True)
-    # Trainers checkpoint under checkpoints/, the custom runners' finished jobs sit under units/.
-    resumed = resume and any(os.path.isdir(d) and bool(os.listdir(d))
-                             for d in (os.path.join(workdir, "checkpoints"), os.path.join(workdir, "units")))
+    # Trainers checkpoint under checkpoints/ (a runner of several trainings, such as the dequantisation
+    # comparison, under <run>/checkpoints/); the custom runners' finished jobs sit under units/.
+    state_dirs = [os.path.join(workdir, "units")] + glob.glob(os.path.join(workdir, "**", "checkpoints"),
+                                                               recursive=True)
+    resumed = resume and any(os.path.isdir(d) and bool(os.listdir(d)) for d in state_dirs)
     rel = os.path.relpath(path, REPO)
     suffix = ":smoke" if scale == "smoke" else (f":{variant}" if variant else "")
     cmd = [sys.executable, "-m", "experiments.main", f"--config={rel}{suffix}",
