@@ -138,4 +138,9 @@ def validate_train_config(config: Any, *, num_devices: int) -> dict[str, Callabl
         import_object(config.data_init, key="data_init")
     if config.get("evaluate"):
         resolved["evaluate"] = import_object(config.evaluate, key="evaluate")
+        # An evaluate hook may carry `check_config(config)` for the keys only it reads, so that a mistake
+        # there is caught now and not after hours of training.
+        check = getattr(resolved["evaluate"], "check_config", None)
+        if check is not None:
+            check(config)
     return resolved

@@ -20,7 +20,8 @@ Config keys read here (all set explicitly in each experiment config):
   warmup_steps, grad_clip_norm (optional), batch_size (global), num_steps, mesh ({'data': -1}),
   log_every (50), checkpoint_every (num_steps), keep_checkpoints (2), eval_every (0: only at the end),
   ema_decay (optional), evaluate (optional import path of evaluate(model, dataset, *, key, config,
-  workdir) -> dict), data_init (optional import path of data_init(model, batch, *, key) -> None that
+  workdir) -> dict; its optional attribute `check_config(config)` validates the keys only it reads, with
+  the rest of the config, before training), data_init (optional import path of data_init(model, batch, *, key) -> None that
   sets parameters from the first batch, e.g. ActNorm; run once on a fresh start, never on resume),
   distributed (False).
 """

@@ -459,6 +459,20 @@ def evaluate(model, dataset, *, key: jax.Array, config, workdir: str | None) -> 
     return results
 
 
+def check_config(config) -> None:
+    """The keys only `evaluate` reads, checked by the shared trainer before training."""
+    from kexue_jax.core.config import check_int, require
+
+    for key in ("eval_num_samples", "eval_batch_size", "elbo_num_t", "classifier_steps"):
+        if config.get(key) is not None:
+            check_int(config.get(key), key)
+    sigma = config.get("eval_sigma", "beta")
+    require(sigma in SIGMAS, "eval_sigma", f"one of {SIGMAS}", sigma)
+
+
+evaluate.check_config = check_config
+
+
 def _scatter(path: str, test_x: np.ndarray, drawn: dict[str, np.ndarray]) -> None:
     import matplotlib
 

@@ -172,3 +172,34 @@ def evaluate(model, dataset, *, key, config, workdir):
         with open(os.path.join(workdir, "nfe_table.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return results
+
+
+def check_config(config) -> None:
+    """The keys only `evaluate` reads, checked by the shared trainer with the rest of the config before training
+    (a typo in `sampler_names` would otherwise surface after hours of training)."""
+    from kexue_jax.core.config import check_int, check_positive, require
+
+    names = config.get("sampler_names")
+    require(isinstance(names, (tuple, list)) and len(names) > 0 and len(set(names)) == len(names)
+            and all(isinstance(n, str) and n in SAMPLERS for n in names),
+            "sampler_names", f"a non-empty tuple of distinct names from {list(SAMPLERS)}", names)
+    nfes = config.get("nfe_list")
+    require(isinstance(nfes, (tuple, list)) and len(nfes) > 0, "nfe_list", "a non-empty tuple of integers >= 1",
+            nfes)
+    for value in nfes:
+        check_int(value, "nfe_list")
+    for key in ("sigma_min", "sigma_max"):
+        check_positive(config.get(key), key)
+    require(config.sigma_min < config.sigma_max, "sigma_min", f"below sigma_max ({config.sigma_max})",
+            config.sigma_min)
+    check_int(config.get("eval_num_samples"), "eval_num_samples", minimum=2)
+    check_int(config.get("classifier_steps"), "classifier_steps")
+    if any(n.startswith("amed") and not n.endswith("_r05") for n in names):  # distilled predictors
+        check_int(config.get("amed_num_batches"), "amed_num_batches")
+        check_int(config.get("amed_batch_size"), "amed_batch_size")
+        check_int(config.get("amed_plugin_inserted", 2), "amed_plugin_inserted")
+    sigma_data = (config.get("loss_kwargs") or {}).get("sigma_data", 0.5)
+    check_positive(sigma_data, "loss_kwargs.sigma_data")
+
+
+evaluate.check_config = check_config

@@ -234,3 +234,20 @@ def test_bad_inputs(fn, message):
     with pytest.raises(ValueError) as e:
         fn()
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("eval_sigma", "posteriour", r"`eval_sigma` must be one of \('beta', 'posterior'\); got 'posteriour'"),
+    ("elbo_num_t", 0, r"`elbo_num_t` must be an integer >= 1; got 0"),
+    ("eval_num_samples", -20, r"`eval_num_samples` must be an integer >= 1; got -20"),
+])
+def test_bad_evaluate_keys_fail_before_training(key, value, message, tmp_path):
+    from experiments.reproduce import load_config
+    from kexue_jax.core.config import ConfigError
+    from kexue_jax.core.train import train_and_evaluate
+
+    config = load_config("experiments/diffusion/ddpm.py", "smoke")
+    config[key] = value
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()

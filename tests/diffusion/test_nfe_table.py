@@ -45,3 +45,53 @@ def test_amed_grids_nfe_parity(name, afs):
             assert len(sig) - 1 == (target + afs) // 2 and sig[-1] == pytest.approx(0.002)
         else:
             assert sig is None
+
+
+# --- evaluate-only keys are checked with the rest of the config, before training --------------------------
+
+def _nfe_config(arg=None, **overrides):
+    from experiments.reproduce import load_config
+
+    config = load_config("experiments/diffusion/nfe_table.py", arg)
+    for k, v in overrides.items():
+        config[k] = v
+    return config
+
+
+@pytest.mark.parametrize("arg", ["smoke", None, "mnist5k"])
+def test_shipped_nfe_configs_pass_the_evaluate_check(arg):
+    from kexue_jax.core.config import validate_train_config
+
+    resolved = validate_train_config(_nfe_config(arg), num_devices=1)
+    assert resolved["evaluate"].check_config is not None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(sampler_names=("ddim", "amed_plugn")), r"`sampler_names` must be a non-empty tuple of distinct names"),
+    (dict(sampler_names=("ddim", "ddim")), r"`sampler_names` must be .*distinct"),
+    (dict(sampler_names=()), r"`sampler_names` must be a non-empty"),
+    (dict(nfe_list=(5, 0)), r"`nfe_list` must be an integer >= 1; got 0"),
+    (dict(nfe_list=(5, 5.5)), r"`nfe_list` must be an integer >= 1; got 5.5"),
+    (dict(sigma_min=80.0, sigma_max=1.0), r"`sigma_min` must be below sigma_max \(1.0\); got 80.0"),
+    (dict(eval_num_samples=1), r"`eval_num_samples` must be an integer >= 2; got 1"),
+    (dict(amed_num_batches=0), r"`amed_num_batches` must be an integer >= 1; got 0"),
+    (dict(amed_plugin_inserted=0), r"`amed_plugin_inserted` must be an integer >= 1; got 0"),
+    (dict(amed_batch_size=-8), r"`amed_batch_size` must be an integer >= 1; got -8"),
+])
+def test_bad_evaluate_keys_fail_before_training(overrides, message, tmp_path):
+    from kexue_jax.core.config import ConfigError
+    from kexue_jax.core.train import train_and_evaluate
+
+    config = _nfe_config("smoke")
+    for k, v in overrides.items():
+        config[k] = v
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained, nothing saved
+
+
+def test_r05_controls_need_no_distillation_keys():
+    from kexue_jax.core.config import validate_train_config
+
+    config = _nfe_config("smoke", sampler_names=("ipndm", "amed_plugin_r05"), amed_num_batches=0)
+    validate_train_config(config, num_devices=1)
