@@ -136,8 +136,12 @@ def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> n
 
 
 def init_state(model_factory: Callable[..., Any], model_kwargs: dict, tx: optax.GradientTransformation,
-               *, seed: int, mesh: jax.sharding.Mesh, ema: bool = False) -> tuple[Any, TrainState, Any]:
+               *, seed: int, mesh: jax.sharding.Mesh, ema: bool = False,
+               before_compile: Callable[[Any, TrainState], None] | None = None) -> tuple[Any, TrainState, Any]:
     """Initialises the train state directly into its shardings.
+
+    `before_compile(graphdef, abstract_state)`, if given, runs after the abstract shapes are known and before
+    the init is compiled (the trainer traces its train step there, so loss mistakes surface first).
 
     Returns:
       (graphdef, state, state_shardings). Shapes come from `jax.eval_shape`, shardings from the mesh
@@ -158,6 +162,8 @@ def init_state(model_factory: Callable[..., Any], model_kwargs: dict, tx: optax.
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state, ema_params)
 
     abstract = jax.eval_shape(init)
+    if before_compile is not None:
+        before_compile(graphdef, abstract)
     shardings = state_shardings(abstract, mesh)
     state = jax.jit(init, out_shardings=shardings)()
     return graphdef, state, shardings
@@ -266,8 +272,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     tx = make_optimizer(config, resolved["optimizer"])
     loss_fn = functools.partial(resolved["loss"], **dict(config.get("loss_kwargs") or {}))
     ema_decay = config.get("ema_decay")
+    first_batch = train_ds.batch(batch_indices(0, len(train_ds), config.batch_size, config.seed))
+
+    def trace_step(graphdef, abstract_state):
+        # An abstract trace of one train step (no compilation): a bad `loss_kwargs` value, or a loss that
+        # does not fit the model or data, raises here, before anything is compiled.
+        step = make_train_step(loss_fn, tx, graphdef, ema_decay=ema_decay)
+        jax.eval_shape(lambda s, b, k: step(s, b, key=k), abstract_state,
+                       jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), first_batch),
+                       jax.eval_shape(lambda: jax.random.key(0)))
+
     graphdef, state, shardings = init_state(resolved["model"], dict(config.get("model_kwargs") or {}), tx,
-                                            seed=config.seed, mesh=mesh, ema=ema_decay is not None)
+                                            seed=config.seed, mesh=mesh, ema=ema_decay is not None,
+                                            before_compile=trace_step)
     step_fn = jit_train_step(make_train_step(loss_fn, tx, graphdef, ema_decay=ema_decay), mesh, shardings)
 
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),

@@ -135,6 +135,16 @@ def test_bad_config_raises_before_compiling(override, message, tmp_path, monkeyp
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_loss_kwargs_mistake_raises_in_the_abstract_trace_before_compiling(tmp_path, monkeypatch):
+    config = tiny_config.get_config()
+    config.loss_kwargs = dict(temperature=2.0)  # classifier_loss has no such argument
+    compiled = []
+    monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1))
+    with pytest.raises(TypeError, match="temperature"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not compiled and not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_batch_not_divisible_by_devices_names_the_key():
     config = tiny_config.get_config()
     config.batch_size = 12
