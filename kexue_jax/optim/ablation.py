@@ -26,6 +26,14 @@ training loss evaluated every `eval_every` steps), mlp_mnist5k (784-128-10, opti
 
 Outputs in `workdir`: ablation.csv (one row per optimizer × task × lr × seed), loss_vs_lr.png,
 steps_to_target.png, trajectories.png, shift.png and results.json (summary floats, see `_summaries`).
+
+Resumable job by job (`kexue_jax.core.units.UnitStore`, saved under `workdir/units/`): each compiled
+call is a unit, 'grid/<task>/<opt1>+<opt2>+…' per (task, group of `compile_group` optimizers), and
+'grid/<task>/<opt>/alone' for the one-by-one retry of a group that raised; 'shift' is the
+distribution-shift training. Rerun the same command with the same --workdir: finished units are restored
+instead of recomputed, so a killed run loses at most the job in progress and the resumed results equal an
+uninterrupted run's. A pair that raised is not saved, so it is retried on a rerun. Resuming with a
+different config is a ConfigError. 'grid/seconds' is the wall time of the last (resumed) invocation only.
 """
 from __future__ import annotations
 
@@ -47,6 +55,7 @@ from kexue_jax.optim.exponentiated_gradient import eg_sgd, eg_step_size_adaptati
 from kexue_jax.optim.hypergradient import hypergradient_descent
 from kexue_jax.optim.stats import optimizer_stats
 from kexue_jax.core.metrics import write_results
+from kexue_jax.core.units import UnitFault, UnitStore
 
 BASES = ("sgd", "sgdm", "adam")
 MODES = ("gains", "scale", "both")
@@ -408,12 +417,13 @@ def _summaries(rows, config) -> dict[str, float]:
 # Distribution shift: labels permuted at step `shift_step`
 
 
-def shift_experiment(config, workdir: str) -> dict[str, float]:
+def shift_experiment(config, workdir: str, store: UnitStore) -> dict[str, float]:
   """MLP on digits; labels permuted mid-training; steps (after the shift) to get back to the pre-shift loss
   (and to the fixed loss `config.shift.level`).
 
   Compared: adam (constant lr), adam with cosine decay, and the headline EG wrapper around each.
   A run that never recovers is counted as the remaining number of steps (censored) and flagged.
+  The training (one compiled call) is the unit 'shift' of `store`.
   """
   num_steps = int(config.shift.num_steps)
   if "num_steps" in config and config.num_steps < num_steps:
@@ -440,7 +450,7 @@ def shift_experiment(config, workdir: str) -> dict[str, float]:
   }
   res: dict[str, float] = {}
   curves = {}
-  outs = train_grid_multi(task, makers, [lr], seeds, num_steps=num_steps, eval_every=every)
+  outs = store.run("shift", train_grid_multi, task, makers, [lr], seeds, num_steps=num_steps, eval_every=every)
   for name, out in outs.items():
     steps = out["steps"]
     rec = []
@@ -605,10 +615,41 @@ def check_config(config) -> None:
     raise ValueError(f"`num_steps` must be a positive int; got {config.num_steps!r}")
 
 
+def _train_group(store: UnitStore, task: Task, names: list[str], lrs, seeds, config, gammas
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+  """({name: `train_grid_multi` output}, {name: error}) for one group of optimizers on `task`.
+
+  The group is one unit; if it raises, every optimizer is retried alone (one unit each), so that one bad
+  optimizer spoils only itself. Units that raised are not saved; `UnitFault` (the test hook) propagates.
+  """
+  kw = dict(num_steps=config.num_steps, eval_every=config.eval_every)
+  makers = {o: functools.partial(make_optimizer, o, gammas=gammas) for o in names}
+  try:
+    return store.run(f"grid/{task.name}/{'+'.join(names)}", train_grid_multi, task, makers, lrs, seeds,
+                     **kw), {}
+  except UnitFault:
+    raise
+  except Exception:  # noqa: BLE001 — retry one by one so that one bad optimizer spoils only itself
+    pass
+  outs, errors = {}, {}
+  for o in names:
+    try:
+      outs[o] = store.run(f"grid/{task.name}/{o}/alone", train_grid, task, o, lrs, seeds, gammas=gammas, **kw)
+    except UnitFault:
+      raise
+    except Exception as e:  # noqa: BLE001 — a failing pair is a result, not a crash of the grid
+      errors[o] = f"{type(e).__name__}: {e}"[:300]
+  return outs, errors
+
+
 def run(config, workdir: str) -> dict[str, float]:
-  """Runs the grid, the distribution-shift test, writes ablation.csv, figures and results.json."""
+  """Runs the grid, the distribution-shift test, writes ablation.csv, figures and results.json.
+
+  Resumable: finished units (module docstring) are restored from `workdir/units/` on a rerun.
+  """
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
+  store = UnitStore(workdir, config)
   lrs, seeds = list(config.learning_rates), list(config.seeds)
   gammas = dict(config.gammas)
   rows: list[dict[str, Any]] = []
@@ -620,18 +661,7 @@ def run(config, workdir: str) -> dict[str, float]:
     group = max(1, int(config.get("compile_group", 8)))
     for k in range(0, len(opts), group):
       names = opts[k:k + group]
-      try:
-        outs = train_grid_multi(task, {o: functools.partial(make_optimizer, o, gammas=gammas) for o in names},
-                                lrs, seeds, num_steps=config.num_steps, eval_every=config.eval_every)
-        errors = {}
-      except Exception:  # noqa: BLE001 — retry one by one so that one bad optimizer spoils only itself
-        outs, errors = {}, {}
-        for o in names:
-          try:
-            outs[o] = train_grid(task, o, lrs, seeds, num_steps=config.num_steps,
-                                 eval_every=config.eval_every, gammas=gammas)
-          except Exception as e:  # noqa: BLE001 — a failing pair is a result, not a crash of the grid
-            errors[o] = f"{type(e).__name__}: {e}"[:300]
+      outs, errors = _train_group(store, task, names, lrs, seeds, config, gammas)
       for o in names:
         out = outs.get(o)
         rows += grid_rows(o, task, lrs, seeds, out, divergence_factor=config.divergence_factor,
@@ -651,6 +681,6 @@ def run(config, workdir: str) -> dict[str, float]:
       (_plot_steps_to_target, rows, config, os.path.join(workdir, "steps_to_target.png")),
       (_plot_trajectories, trajs, os.path.join(workdir, "trajectories.png")))))
   if config.get("shift") and config.shift.get("enabled", True):
-    results.update(shift_experiment(config, workdir))
+    results.update(shift_experiment(config, workdir, store))
   results["grid/seconds"] = time.time() - t0
   return write_results(workdir, results)

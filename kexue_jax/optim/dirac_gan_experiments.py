@@ -8,6 +8,12 @@ spiral out. Each cell trains both players with `optax.sgd(lr)` for `num_steps` s
 author's start (φ, θ) = ((0.1, 0.2), (0.2, 0.1)) (bojone/gan, gan_numeric.py). Column 'ema' is the plain
 run read through the generator EMA (`ema_decay`), which does not change the trajectory.
 A second figure integrates the continuous-time fields with RK4 (the article's pictures).
+
+Resumable job by job (`kexue_jax.core.units.UnitStore`, saved under `workdir/units/`): the units are
+the heatmap rows 'grid/<variant>/<scheme>' (every regulariser's training of that row) and the RK4 curves
+'ode/<variant>' ('ode/gan_qp_l2' with L2). Rerun the same command with the same --workdir: finished units
+are restored instead of recomputed, so a killed run loses at most the job in progress and the resumed
+results equal an uninterrupted run's. Resuming with a different config is a ConfigError.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import optax
 
 from kexue_jax.optim.dirac_gan import dirac_gan_field, integrate_field, train_dirac_gan
 from kexue_jax.core.metrics import write_results
+from kexue_jax.core.units import UnitStore
 
 # name -> (variant, kwargs of dirac_gan_field); λ and c as in the author's gan_numeric.py.
 VARIANTS = {
@@ -41,6 +48,30 @@ def _field(variant: str, reg: str, weights: dict[str, float]):
   return dirac_gan_field(base, **kw)
 
 
+def _grid_row(variant: str, scheme: str, regs: list[str], phi0, theta0, config) -> dict[str, float]:
+  """{regulariser: final ‖θ‖} of one heatmap row; 'ema' reads the plain run's generator EMA."""
+  weights = dict(config.weights)
+  norms: dict[str, float] = {}
+  plain = None
+  for r in regs:
+    if r == "ema" and plain is not None:
+      out = plain
+    else:
+      out = train_dirac_gan(_field(variant, r, weights), phi0, theta0, d_optimizer=optax.sgd(config.lr),
+                            g_optimizer=optax.sgd(config.lr), num_steps=int(config.num_steps),
+                            scheme=scheme, ema_decay=config.ema_decay)
+      if r in ("none", "ema"):
+        plain = out
+    norms[r] = float(out["theta_ema_norm"][-1] if r == "ema" else out["theta_norm"][-1])
+  return norms
+
+
+def _ode_norms(field, phi0, theta0, config) -> np.ndarray:
+  """‖θ(t)‖ of the RK4 integration of `field`, t = 0, dt, …, ode_steps·dt."""
+  _, _, norms = integrate_field(field, phi0, theta0, dt=config.ode_dt, num_steps=int(config.ode_steps))
+  return np.asarray(norms)
+
+
 def _plt():
   import matplotlib
   matplotlib.use("Agg")
@@ -49,7 +80,9 @@ def _plt():
 
 
 def run(config, workdir: str) -> dict[str, float]:
+  """The heatmap and ODE figures and results.json; finished units are restored on a rerun (module doc)."""
   os.makedirs(workdir, exist_ok=True)
+  store = UnitStore(workdir, config)
   phi0, theta0 = jnp.array([0.1, 0.2]), jnp.array([0.2, 0.1])
   weights = dict(config.weights)
   variants, schemes, regs = list(config.variants), list(config.schemes), list(config.regularisers)
@@ -57,17 +90,9 @@ def run(config, workdir: str) -> dict[str, float]:
   mat = np.full((len(variants) * len(schemes), len(regs)), np.nan)
   for i, v in enumerate(variants):
     for j, s in enumerate(schemes):
-      plain = None
+      norms = store.run(f"grid/{v}/{s}", _grid_row, v, s, regs, phi0, theta0, config)
       for k, r in enumerate(regs):
-        if r == "ema" and plain is not None:
-          out = plain
-        else:
-          out = train_dirac_gan(_field(v, r, weights), phi0, theta0, d_optimizer=optax.sgd(config.lr),
-                                g_optimizer=optax.sgd(config.lr), num_steps=int(config.num_steps),
-                                scheme=s, ema_decay=config.ema_decay)
-          if r in ("none", "ema"):
-            plain = out
-        norm = float(out["theta_ema_norm"][-1] if r == "ema" else out["theta_norm"][-1])
+        norm = norms[r]
         # A spiral that overflows is reported as inf (finite cap would hide it).
         res[f"{v}/{s}/{r}/theta_norm"] = norm if math.isfinite(norm) else math.inf
         mat[i * len(schemes) + j, k] = norm
@@ -91,10 +116,10 @@ def run(config, workdir: str) -> dict[str, float]:
   for v in variants:
     for extra in ({}, dict(l2=weights["l2"])) if v == "gan_qp" else ({},):
       base, kw = VARIANTS[v]
-      _, _, norms = integrate_field(dirac_gan_field(base, **kw, **extra), phi0, theta0, dt=config.ode_dt,
-                                    num_steps=int(config.ode_steps))
+      norms = store.run(f"ode/{v}{'_l2' if extra else ''}", _ode_norms, dirac_gan_field(base, **kw, **extra),
+                        phi0, theta0, config)
       t = config.ode_dt * np.arange(len(norms))
-      ax.plot(t, np.asarray(norms), label=v + (" + L2" if extra else ""))
+      ax.plot(t, norms, label=v + (" + L2" if extra else ""))
       res[f"ode/{v}{'_l2' if extra else ''}/final_theta_norm"] = float(norms[-1])
   ax.set_yscale("log")
   ax.set_xlabel("time")

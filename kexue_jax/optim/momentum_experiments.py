@@ -21,9 +21,17 @@ Article: 从动力学角度看优化算法（一）：从SGD到动量加速 (htt
    noise variance (across-chain variance of the final weights, averaged over the weights). The SDE view
    says both depend on lr/B (the temperature); compared: the mismatch over pairs of cells with equal lr/B
    against pairs with equal lr.
+
+Resumable job by job (`kexue_jax.core.units.UnitStore`, saved under `workdir/units/`): the units are
+'escape' (the (α, β) grid, one compiled call), 'kappa/<method>' (the iteration counts of one method over
+the κ list), 'beta_rule/<arm>' (one arm, all seeds) and 'temperature/lr<lr>_B<B>' (one cell's chains).
+Rerun the same command with the same --workdir: finished units are restored instead of recomputed, so a
+killed run loses at most the job in progress and the resumed results equal an uninterrupted run's.
+Resuming with a different config is a ConfigError.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -32,6 +40,7 @@ import numpy as np
 import optax
 
 from kexue_jax.core.metrics import write_results
+from kexue_jax.core.units import UnitStore
 from kexue_jax.optim.momentum_ode import momentum_schedule
 
 
@@ -95,6 +104,11 @@ def iterations_to_tol(method: str, kappa: float, *, dim: int, tol: float, max_it
   return int(n)
 
 
+def kappa_curve(method: str, kappas, *, dim: int, tol: float, max_iters: int) -> list[int]:
+  """`iterations_to_tol` of `method` for every κ of `kappas`."""
+  return [iterations_to_tol(method, k, dim=dim, tol=tol, max_iters=max_iters) for k in kappas]
+
+
 def _digits():
   from kexue_jax import data
   out = []
@@ -110,13 +124,15 @@ def _xent(logits, y):
 
 
 def beta_rule_ablation(*, seeds, num_steps: int, batch_size: int, learning_rate: float, beta: float,
-                       decay_at: int, decay_factor: float, hidden: int) -> dict[str, np.ndarray]:
+                       decay_at: int, decay_factor: float, hidden: int,
+                       arms=("fixed_beta", "beta_rule")) -> dict[str, np.ndarray]:
   """Trains the digits MLP with β fixed and with the β-rule; returns per-seed arrays [S] per arm:
   '<arm>/train_loss', '<arm>/test_loss', '<arm>/test_accuracy' (final full-split values) and the
-  full-batch training loss curve '<arm>/curve' [S, num_steps // 50]."""
+  full-batch training loss curve '<arm>/curve' [S, num_steps // 50]. `arms` selects which arms to train
+  (each arm is its own compiled call; the result of an arm does not depend on the other)."""
   x, y, xt, yt = _digits()
   lr = optax.piecewise_constant_schedule(learning_rate, {int(decay_at): float(decay_factor)})
-  arms = {"fixed_beta": optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=beta),
+  opts = {"fixed_beta": optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=beta),
           "beta_rule": optax.inject_hyperparams(optax.sgd)(learning_rate=lr,
                                                            momentum=momentum_schedule(lr, beta))}
 
@@ -142,7 +158,8 @@ def beta_rule_ablation(*, seeds, num_steps: int, batch_size: int, learning_rate:
                 test_accuracy=jnp.mean(lt.argmax(-1) == yt), curve=curve[::50])
 
   out = {}
-  for arm, opt in arms.items():
+  for arm in arms:
+    opt = opts[arm]
     res = jax.jit(jax.vmap(lambda sd, o=opt: one(sd, o)))(jnp.asarray(list(seeds)))
     out.update({f"{arm}/{k}": np.asarray(v, np.float64) for k, v in res.items()})
   return out
@@ -189,24 +206,35 @@ def pair_mismatch(table: dict, group, distance) -> float:
   return float(np.mean(ds))
 
 
-def temperature_grid(*, learning_rates, batch_sizes, time: float, num_chains: int, weight_decay: float,
-                     seed: int = 0) -> dict[tuple[float, int], tuple[float, float]]:
-  """{(lr, B): (final training loss averaged over chains, weight noise variance)} for softmax regression on
-  digits with L2 `weight_decay`/2·‖W‖², every cell run for round(time/lr) steps."""
+@functools.lru_cache(maxsize=None)
+def _temperature_problem(weight_decay: float):
+  """(loss(p, x_b, y_b), θ₀, jitted full-batch loss of a chain axis, x, y): built once, shared by the cells."""
   x, y, _, _ = _digits()
 
   def loss(p, xb, yb):
     return _xent(xb @ p["w"] + p["b"][None, :], yb) + 0.5 * weight_decay * jnp.sum(p["w"] ** 2)
 
   p0 = dict(w=jnp.zeros((64, 10)), b=jnp.zeros(10))
-  full = jax.jit(jax.vmap(lambda p: loss(p, x, y)))
-  out = {}
-  for lr in learning_rates:
-    for b in batch_sizes:
-      ch = sgd_chains(loss, p0, x, y, key=jax.random.key(seed), num_chains=num_chains, learning_rate=lr,
-                      batch_size=int(b), num_steps=int(round(time / lr)))
-      out[(float(lr), int(b))] = (float(jnp.mean(full(ch))), weight_noise_variance(ch))
-  return out
+  return loss, p0, jax.jit(jax.vmap(lambda p: loss(p, x, y))), x, y
+
+
+def temperature_cell(learning_rate: float, batch_size: int, *, time: float, num_chains: int,
+                     weight_decay: float, seed: int = 0) -> tuple[float, float]:
+  """(final training loss averaged over chains, weight noise variance) of one (lr, B) cell of
+  `temperature_grid`: softmax regression on digits with L2 `weight_decay`/2·‖W‖², round(time/lr) steps."""
+  loss, p0, full, x, y = _temperature_problem(float(weight_decay))
+  ch = sgd_chains(loss, p0, x, y, key=jax.random.key(seed), num_chains=num_chains, learning_rate=learning_rate,
+                  batch_size=int(batch_size), num_steps=int(round(time / learning_rate)))
+  return float(jnp.mean(full(ch))), weight_noise_variance(ch)
+
+
+def temperature_grid(*, learning_rates, batch_sizes, time: float, num_chains: int, weight_decay: float,
+                     seed: int = 0) -> dict[tuple[float, int], tuple[float, float]]:
+  """{(lr, B): (final training loss averaged over chains, weight noise variance)} for softmax regression on
+  digits with L2 `weight_decay`/2·‖W‖², every cell run for round(time/lr) steps (`temperature_cell`)."""
+  return {(float(lr), int(b)): temperature_cell(lr, b, time=time, num_chains=num_chains,
+                                                 weight_decay=weight_decay, seed=seed)
+          for lr in learning_rates for b in batch_sizes}
 
 
 def _plt():
@@ -217,7 +245,9 @@ def _plt():
 
 
 def run(config, workdir: str) -> dict[str, float]:
+  """The four studies, figures and results.json; finished units are restored on a rerun (module doc)."""
   os.makedirs(workdir, exist_ok=True)
+  store = UnitStore(workdir, config)
   res: dict[str, float] = {}
   crit = _critical_points()
   x_glob, x_top, x_loc = crit
@@ -227,7 +257,7 @@ def run(config, workdir: str) -> dict[str, float]:
   res["escape/local_min_L"] = float(double_well(x_loc))
 
   alphas, betas = list(config.alphas), list(config.betas)
-  xf, traj = escape_grid(alphas, betas, num_steps=int(config.escape_steps))
+  xf, traj = store.run("escape", escape_grid, alphas, betas, num_steps=int(config.escape_steps))
   glob = np.isfinite(xf) & (xf < x_top)
   res["escape/fraction_global"] = float(glob.mean())
   res["escape/fraction_global_gd"] = float(glob[:, [j for j, b in enumerate(betas) if b == 0.0]].mean())
@@ -264,8 +294,8 @@ def run(config, workdir: str) -> dict[str, float]:
   plt.close(fig)
 
   kappas = list(config.kappas)
-  iters = {m: [iterations_to_tol(m, k, dim=config.kappa_dim, tol=config.tol, max_iters=config.max_iters)
-               for k in kappas] for m in ("gd", "heavy_ball", "nesterov")}
+  iters = {m: store.run(f"kappa/{m}", kappa_curve, m, kappas, dim=config.kappa_dim, tol=config.tol,
+                        max_iters=config.max_iters) for m in ("gd", "heavy_ball", "nesterov")}
   for m, ns in iters.items():
     for k, n in zip(kappas, ns):
       res[f"kappa/iterations/{m}/kappa{k:g}"] = float(n)
@@ -285,17 +315,20 @@ def run(config, workdir: str) -> dict[str, float]:
   plt.close(fig)
 
   if config.get("beta_rule_steps"):
-    _beta_rule(config, workdir, res, plt)
+    _beta_rule(config, workdir, res, plt, store)
   if config.get("temperature_time"):
-    _temperature(config, workdir, res, plt)
+    _temperature(config, workdir, res, plt, store)
   return write_results(workdir, res)
 
 
-def _beta_rule(config, workdir, res, plt):
+def _beta_rule(config, workdir, res, plt, store):
   n = int(config.beta_rule_steps)
-  out = beta_rule_ablation(seeds=list(config.beta_rule_seeds), num_steps=n, batch_size=config.beta_rule_batch,
-                           learning_rate=config.beta_rule_lr, beta=config.beta_rule_beta, decay_at=n // 2,
-                           decay_factor=config.beta_rule_decay, hidden=config.beta_rule_hidden)
+  out = {}
+  for arm in ("fixed_beta", "beta_rule"):
+    out.update(store.run(f"beta_rule/{arm}", beta_rule_ablation, seeds=list(config.beta_rule_seeds), num_steps=n,
+                         batch_size=config.beta_rule_batch, learning_rate=config.beta_rule_lr,
+                         beta=config.beta_rule_beta, decay_at=n // 2, decay_factor=config.beta_rule_decay,
+                         hidden=config.beta_rule_hidden, arms=(arm,)))
   res["beta_rule/beta_after_decay"] = 1 - (1 - config.beta_rule_beta) * np.sqrt(config.beta_rule_decay)
   for arm in ("fixed_beta", "beta_rule"):
     for k in ("train_loss", "test_loss", "test_accuracy"):
@@ -320,10 +353,13 @@ def _beta_rule(config, workdir, res, plt):
   plt.close(fig)
 
 
-def _temperature(config, workdir, res, plt):
-  table = temperature_grid(learning_rates=list(config.temperature_lrs), batch_sizes=list(config.temperature_batches),
-                           time=config.temperature_time, num_chains=config.temperature_chains,
-                           weight_decay=config.temperature_weight_decay)
+def _temperature(config, workdir, res, plt, store):
+  table = {}
+  for lr in config.temperature_lrs:
+    for b in config.temperature_batches:
+      table[(float(lr), int(b))] = store.run(
+          f"temperature/lr{lr:g}_B{b}", temperature_cell, lr, b, time=config.temperature_time,
+          num_chains=config.temperature_chains, weight_decay=config.temperature_weight_decay)
   for (lr, b), (loss, var) in table.items():
     res[f"temperature/loss/lr{lr:g}_B{b}"] = loss
     res[f"temperature/variance/lr{lr:g}_B{b}"] = var

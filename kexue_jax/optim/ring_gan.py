@@ -27,6 +27,13 @@ axes with a NamedSharding, the parameters and optimizer states are replicated, a
 in/out shardings does both players' updates (simultaneous: both gradients at the old point; alternating:
 D first, then G against the new D). 8 simulated devices give the losses of one (tests/optim/test_ring_gan.py).
 
+`run` is resumable job by job (`kexue_jax.core.units.UnitStore`, saved under `workdir/units/`): each
+training 'train/<regulariser>/seed<k>' is a unit (its per-step losses, coverage evaluations, final raw and
+EMA samples and its training time). Rerun the same command with the same --workdir: finished trainings are
+restored instead of recomputed, so a killed run loses at most the training in progress and the resumed
+results equal an uninterrupted run's, except '<reg>/train_seconds', which keeps the time measured when
+the training was computed. Resuming with a different config is a ConfigError.
+
 References:
   https://kexue.fm/archives/6583
   Mescheder, Geiger, Nowozin, "Which Training Methods for GANs do actually Converge?", ICML 2018
@@ -49,6 +56,7 @@ import optax
 
 from kexue_jax.core import sharding
 from kexue_jax.core.metrics import MetricWriter, write_results
+from kexue_jax.core.units import UnitStore
 from kexue_jax.diffusion.metrics import energy_distance as _energy_distance
 from kexue_jax.optim import _checks
 
@@ -283,10 +291,12 @@ def run(config, workdir: str) -> dict[str, float]:
   energy_distance, mode_fraction_min, coverage_last_half_mean, coverage_last_half_min); 'data/energy_distance'
   is the data-vs-data reference; '<reg>/final_loss_d', '<reg>/final_loss_g'. Per-step losses (every
   step when num_steps ≤ 500, else 500 rows per training) go to workdir/metrics.jsonl as
-  '<reg>/seed<k>/loss_d' etc.
+  '<reg>/seed<k>/loss_d' etc. Each training is a unit: a rerun in the same workdir restores the finished ones
+  (module docstring); '<reg>/train_seconds' is then the time measured when the training was computed.
   """
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
+  store = UnitStore(workdir, config)
   mesh = sharding.make_mesh(config.get("mesh"))
   x_train, centres, std = ring_data(config, "train")
   x_test = ring_data(config, "test")[0]
@@ -308,26 +318,33 @@ def run(config, workdir: str) -> dict[str, float]:
   def add(key, value):
     per_seed.setdefault(key, []).append(float(value))
 
+  def train_and_sample(reg, seed):
+    """One training as host values: per-step metrics, coverage evaluations, final samples, seconds."""
+    t0 = time.perf_counter()
+    cov = {"raw": [], "ema": []}
+
+    def on_eval(step, state):
+      for name, g in (("raw", state[1]), ("ema", state[4])):
+        s = np.asarray(gen(g, z_eval))
+        cov[name].append((step, mode_statistics(s, centres, std)["mode_coverage"]))
+
+    state, m = train(config, reg, seed, mesh, x_train, on_eval=on_eval)
+    samples = {name: np.asarray(gen(g, z_eval)) for name, g in (("raw", state[1]), ("ema", state[4]))}
+    return dict(metrics=m, coverage=cov, samples=samples, seconds=time.perf_counter() - t0)
+
   for reg in config.regularisers:
     for seed in config.seeds:
-      t0 = time.perf_counter()
-      cov = {"raw": [], "ema": []}
-
-      def on_eval(step, state, cov=cov):
-        for name, g in (("raw", state[1]), ("ema", state[4])):
-          s = np.asarray(gen(g, z_eval))
-          cov[name].append((step, mode_statistics(s, centres, std)["mode_coverage"]))
-
-      state, m = train(config, reg, seed, mesh, x_train, on_eval=on_eval)
+      out = store.run(f"train/{reg}/seed{seed}", train_and_sample, reg, seed)
+      m, cov = out["metrics"], out["coverage"]
       stride = max(1, config.num_steps // 500)
       for i in range(stride - 1, config.num_steps, stride):
         writer.write(i + 1, {f"{reg}/seed{seed}/{k}": v[i] for k, v in m.items()})
       tail = max(1, config.num_steps // 10)
       add(f"{reg}/final_loss_d", m["loss_d"][-tail:].mean())
       add(f"{reg}/final_loss_g", m["loss_g"][-tail:].mean())
-      add(f"{reg}/train_seconds", time.perf_counter() - t0)
-      for name, g in (("raw", state[1]), ("ema", state[4])):
-        s = np.asarray(gen(g, z_eval))
+      add(f"{reg}/train_seconds", out["seconds"])
+      for name in ("raw", "ema"):
+        s = out["samples"][name]
         if not np.all(np.isfinite(s)):
           s = np.nan_to_num(s, nan=1e6, posinf=1e6, neginf=-1e6)
         for k, v in mode_statistics(s, centres, std).items():
