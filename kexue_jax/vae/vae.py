@@ -433,6 +433,9 @@ def _flatten_images(image: jax.Array) -> jax.Array:
 def _batch_levels(batch, b: int, levels: int = 256) -> jax.Array:
     """Grey levels as a [b, 1] column: batch['levels'] (a scalar or one value per example) if present,
     else `levels` (set by the config's `loss_kwargs`, e.g. 17 for digits)."""
+    if not isinstance(levels, jax.Array) and (isinstance(levels, bool) or not isinstance(levels, (int, np.integer))
+                                              or levels < 2):  # checked even when the batch carries its own
+        raise ValueError(f"`levels` must be an int >= 2; got {levels!r}")
     levels = jnp.asarray(batch.get('levels', levels), jnp.float32)
     if levels.ndim == 0:
         return jnp.broadcast_to(levels, (b, 1))
@@ -562,6 +565,12 @@ def _save_grid(images: np.ndarray, ncol: int, path: str) -> None:
     plt.close(fig)
 
 
+def check_config(config) -> None:
+    """The keys only `evaluate` reads, checked by the shared trainer before training."""
+    for name, default in (('eval_num_samples', 1000), ('eval_batch_size', 100), ('eval_sample_chunk_size', 100)):
+        _check_positive_int(name, config.get(name, default))
+
+
 def _baselines(model, test, config) -> dict[str, float]:
     """Closed-form references on the same split, computed in the same run (nothing hard-coded).
 
@@ -667,3 +676,6 @@ def evaluate(model, dataset, *, key: jax.Array, config, workdir) -> dict[str, fl
         pairs = np.stack([shown, recon], axis=1).reshape((-1,) + model.data_shape)  # input, reconstruction
         _save_grid(pairs, 8, os.path.join(workdir, 'reconstructions.png'))
     return results
+
+
+evaluate.check_config = check_config

@@ -441,3 +441,31 @@ BAD_INPUTS = [
 def test_bad_inputs(fn, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         fn()
+
+
+# ---- evaluation keys and loss levels: checked before anything compiles ----
+
+_BACKEND_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: _BACKEND_COMPILES.append(event) if "backend_compile" in event else None)
+
+
+@pytest.mark.parametrize("path, key, value, message", [
+    ("experiments/vae/vae.py", "eval_num_samples", 0, r"`eval_num_samples` must be a positive int; got 0"),
+    ("experiments/vae/vae.py", "eval_batch_size", -1, r"`eval_batch_size` must be a positive int; got -1"),
+    ("experiments/vae/importance.py", "eval_num_samples", -5, r"`eval_num_samples` must be a positive int; got -5"),
+    ("experiments/vae/importance.py", "loss_kwargs.levels", 0, r"`levels` must be an int >= 2; got 0"),
+])
+def test_config_mistakes_fail_before_compiling(path, key, value, message, tmp_path):
+    from experiments.reproduce import load_config
+    from kexue_jax.core.train import train_and_evaluate
+
+    config = load_config(path, "smoke")
+    if key.startswith("loss_kwargs."):
+        config.loss_kwargs[key.split(".")[1]] = value
+    else:
+        config[key] = value
+    _BACKEND_COMPILES.clear()
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, str(tmp_path))
+    assert not _BACKEND_COMPILES and not (tmp_path / "checkpoints").exists()
