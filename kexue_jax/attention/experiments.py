@@ -12,6 +12,15 @@ tests/attention/test_experiments.py compares between 1 and 8 simulated devices.
 Each runner is `run_<slug>(config, workdir) -> dict`: it writes `workdir/results.json` (a flat dict of
 floats) and its figures (`*.png`) into `workdir`, and returns the dict (CONTRIBUTING.md, experiment
 contract). Everything is small enough for a 2-core CPU; the configs give the sizes.
+
+Every runner is resumable job by job (`kexue_jax.core.units.UnitStore`): each independent training run or
+measurement (a depth of the one-step table, a "why residual" training, an input of the Performer curve, a
+recall kernel, an MLM run, a position scheme) is a unit whose output is saved under `workdir/units/` when
+it finishes. Rerunning the same command with the same --workdir restores the finished units and computes
+only the rest, so a killed run loses at most the job in progress; resuming with a different config is a
+`ConfigError` before any job runs. Every unit's inputs (PRNG keys included) are derived from the config
+alone, so a resumed run's results equal an uninterrupted run's bit for bit, except the timing entries
+(`*seconds*`): a restored unit keeps the times measured in the run that computed it.
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ from kexue_jax.attention.transformer import TransformerBlock, layer_norm, rms_no
 from kexue_jax.core import sharding
 from kexue_jax.core.config import mesh_size
 from kexue_jax.core.metrics import write_results
+from kexue_jax.core.units import UnitStore
 
 __all__ = ["run_deepnorm", "run_linear", "run_roformer", "run_rope", "char_corpus", "CopyLM", "lagged_copy_batch"]
 
@@ -180,28 +190,40 @@ def train_why_residual(config, keys, *, plain: bool) -> np.ndarray:
     return np.asarray(fn(keys, epss, xs))
 
 
+def one_step_table(config, keys, depth: int, coefficients) -> dict:
+    """`one_step_relative_change` of every variant and seed key at one depth, in one compilation ((α, β) are
+    traced, both optimisers run). `coefficients`: per variant, the optimizer its (α, β) are derived for
+    (`deepnorm_coefficients`), or None for plain Post-LN (α = β = 1). Returns {'sgd': (change, ratio),
+    'adam': (change, ratio)} of numpy arrays [variants, seeds]."""
+    coefs = [(1.0, 1.0) if coef is None else deepnorm_coefficients(num_encoder_layers=depth, optimizer=coef)
+             for coef in coefficients]
+    alphas, betas = (jnp.asarray([c[i] for c in coefs], jnp.float32) for i in (0, 1))
+    fn = jax.jit(jax.vmap(jax.vmap(functools.partial(
+        one_step_relative_change, depth=depth, d=config.d_model, batch=config.batch_size, sgd_lr=config.sgd_lr,
+        adam_lr=config.adam_lr), in_axes=(0, None, None)), in_axes=(None, 0, 0)))
+    return jax.tree.map(np.asarray, fn(keys, alphas, betas))
+
+
 def run_deepnorm(config, workdir: str) -> dict:
     """One-step relative output change vs depth for Post-LN / DeepNorm / Su's Adam coefficients, and the
-    "why residual" training comparison (see experiments/attention/deepnorm.py)."""
+    "why residual" training comparison (see experiments/attention/deepnorm.py).
+
+    Resumable job by job (module docstring): the units are 'one_step/N<depth>' (`one_step_table`, every
+    variant and seed of one depth), then 'why_residual/residual' and 'why_residual/plain'
+    (`train_why_residual`)."""
     _check_batch_sizes(config, batch_size=config.batch_size)
     os.makedirs(workdir, exist_ok=True)
+    store = UnitStore(workdir, config)
     results: dict[str, float] = {}
-    d, batch, seeds = config.d_model, config.batch_size, config.num_seeds
-    keys = jax.random.split(jax.random.key(config.seed), seeds)
+    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
     variants = {  # name: (coefficients, optimizer, lr)
         "postln_sgd": (None, "sgd", config.sgd_lr), "postln_adam": (None, "adam", config.adam_lr),
         "deepnorm_sgd": ("sgd", "sgd", config.sgd_lr), "deepnorm_paper_adam": ("sgd", "adam", config.adam_lr),
         "su_adam": ("adam", "adam", config.adam_lr)}
     table = {}
     for depth in config.depths:
-        # every variant and seed of this depth in one compilation: (α, β) are traced, both optimisers run
-        coefs = [(1.0, 1.0) if coef is None else deepnorm_coefficients(num_encoder_layers=depth, optimizer=coef)
-                 for coef, _, _ in variants.values()]
-        alphas, betas = (jnp.asarray([c[i] for c in coefs], jnp.float32) for i in (0, 1))
-        fn = jax.jit(jax.vmap(jax.vmap(functools.partial(
-            one_step_relative_change, depth=depth, d=d, batch=batch, sgd_lr=config.sgd_lr,
-            adam_lr=config.adam_lr), in_axes=(0, None, None)), in_axes=(None, 0, 0)))
-        out = jax.tree.map(np.asarray, fn(keys, alphas, betas))  # leaves [variants, seeds]
+        out = store.run(f"one_step/N{depth}", one_step_table, config, keys, depth,
+                        [coef for coef, _, _ in variants.values()])  # leaves [variants, seeds]
         for i, (name, (_, opt, _)) in enumerate(variants.items()):
             change, ratio = out[opt][0][i], out[opt][1][i]
             results[f"update/{name}/N{depth}"] = float(change.mean())
@@ -218,7 +240,8 @@ def run_deepnorm(config, workdir: str) -> dict:
         curves, train_losses = {}, {}
         names = ("residual_eps_1", "residual_eps_inv_sqrt_n", "plain")
         for plain in (False, True):
-            losses = train_why_residual(config, keys, plain=plain)  # [eps, seeds, steps]
+            unit = "why_residual/plain" if plain else "why_residual/residual"
+            losses = store.run(unit, train_why_residual, config, keys, plain=plain)  # [eps, seeds, steps]
             for name, loss in zip(names[2:] if plain else names[:2], losses):
                 train_losses[f"why_residual/{name}"] = loss
                 loss = np.where(np.isfinite(loss), loss, np.inf)
@@ -417,8 +440,21 @@ def train_recall(config, kernel: str, key) -> dict:
                 seconds_per_step=seconds, curve=losses)
 
 
+def _approx_curve(config, key) -> dict:
+    """`performer_mse_curve` of one input key at the sizes of `config.approx`, and its wall-clock seconds."""
+    a = config.approx
+    t0 = time.perf_counter()
+    out = performer_mse_curve(key, n=a.length, d=a.head_dim, ms=tuple(a.features), draws=a.draws,
+                              qk_scale=a.qk_scale)
+    return dict(out, seconds=time.perf_counter() - t0)
+
+
 def run_linear(config, workdir: str) -> dict:
-    """Performer MSE vs m (iid vs orthogonal, log-log slope) and the retrieval comparison of kernels."""
+    """Performer MSE vs m (iid vs orthogonal, log-log slope) and the retrieval comparison of kernels.
+
+    Resumable job by job (module docstring): the units are 'approx/input<j>' (the error curve of input j
+    of the `approx.inputs`; 'approx/seconds' is the sum of their times) and 'recall/<i>/<kernel>' (the
+    `train_recall` of the i-th kernel of `recall.kernels`)."""
     r = config.recall
     _check_batch_sizes(config, **{"recall.batch_size": r.batch_size, "recall.eval_size": r.eval_size})
     for kernel in r.kernels:
@@ -428,13 +464,13 @@ def run_linear(config, workdir: str) -> dict:
         raise ValueError(f"`recall.log_every` must be a positive divisor of recall.num_steps={r.num_steps}; "
                          f"got {r.log_every!r}")
     os.makedirs(workdir, exist_ok=True)
+    store = UnitStore(workdir, config)
     results: dict[str, float] = {}
     a = config.approx
     ms = tuple(a.features)
-    t0 = time.perf_counter()
-    per_input = [performer_mse_curve(key, n=a.length, d=a.head_dim, ms=ms, draws=a.draws, qk_scale=a.qk_scale)
-                 for key in jax.random.split(jax.random.key(config.seed), a.inputs)]
-    results["approx/seconds"] = time.perf_counter() - t0
+    per_input = [store.run(f"approx/input{j}", _approx_curve, config, key)
+                 for j, key in enumerate(jax.random.split(jax.random.key(config.seed), a.inputs))]
+    results["approx/seconds"] = sum(r_["seconds"] for r_ in per_input)
     curves = {name: np.mean([r_[name] for r_ in per_input], axis=0) for name in ("iid", "orthogonal")}  # [len(ms)]
     for name, mse in curves.items():
         for m, e in zip(ms, mse):
@@ -446,7 +482,8 @@ def run_linear(config, workdir: str) -> dict:
 
     runs = {}
     for i, kernel in enumerate(r.kernels):
-        out = train_recall(config, kernel, jax.random.fold_in(jax.random.key(config.seed), i))
+        out = store.run(f"recall/{i}/{kernel}", train_recall, config, kernel,
+                        jax.random.fold_in(jax.random.key(config.seed), i))
         runs[kernel] = out
         for key in ("accuracy", "final_loss", "seconds_per_step"):
             results[f"recall/{kernel}/{key}"] = out[key]
@@ -519,12 +556,13 @@ def mlm_batch(key, corpus, *, batch, length, mask_rate=0.15):
     return inputs, ids, target
 
 
-def train_mlm(config, runs, corpus: np.ndarray | None = None) -> list[tuple[np.ndarray, float]]:
-    """Trains the tiny RoFormerV2 MLM once per (lr, alpha_warmup_steps) of `runs` (0 = no warmup) and
-    returns [(per-step losses, test loss)]. Data-parallel: every training batch is drawn once by a jitted
-    generator whose output [num_steps, B, t] is split over the batch axes; each run is one jitted scan
-    (lr and warmup traced, one compilation) with the parameters and Adam state replicated. `corpus`:
-    character ids (default `char_corpus()`), split 90/10 into train/test by position."""
+def mlm_trainer(config, corpus: np.ndarray | None = None) -> Callable[[float, int], tuple[np.ndarray, float]]:
+    """`train_one(lr, alpha_warmup_steps) -> (per-step losses, test loss)`: trains the tiny RoFormerV2 MLM
+    once (warmup 0 = no warmup). Data-parallel: every training batch is drawn once, on the first call, by a
+    jitted generator whose output [num_steps, B, t] is split over the batch axes, and shared by later
+    calls; each run is one jitted scan (lr and warmup traced, one compilation for every call) with the
+    parameters and Adam state replicated. `corpus`: character ids (default `char_corpus()`), split 90/10
+    into train/test by position."""
     corpus = char_corpus() if corpus is None else corpus
     split = int(0.9 * corpus.shape[0])
     rep, _, csh = _shardings(config)
@@ -548,8 +586,9 @@ def train_mlm(config, runs, corpus: np.ndarray | None = None) -> list[tuple[np.n
         return jax.vmap(lambda i: mlm_batch(jax.random.fold_in(jax.random.key(seed), i), corpus_,
                                             batch=config.batch_size, length=config.seq_len))(jnp.arange(num))
 
-    train_batches = batches(train, config.seed, config.num_steps)
-    test_batches = batches(test, 1, config.eval_batches)
+    @functools.cache
+    def train_and_test_batches():
+        return batches(train, config.seed, config.num_steps), batches(test, 1, config.eval_batches)
 
     @functools.partial(jax.jit, in_shardings=(rep, rep, csh, csh), out_shardings=(rep, rep))
     def train_run(lr, warmup, data, test_data):
@@ -566,28 +605,47 @@ def train_mlm(config, runs, corpus: np.ndarray | None = None) -> list[tuple[np.n
         test_loss = jnp.mean(jax.lax.map(lambda b: mlm_loss(p, b), test_data))
         return losses, test_loss
 
-    out = []
-    for lr, warmup in runs:
-        losses, test_loss = jax.block_until_ready(train_run(jnp.float32(lr), jnp.int32(warmup), train_batches,
-                                                            test_batches))
-        out.append((np.asarray(losses), float(test_loss)))
-    return out
+    def train_one(lr: float, warmup: int) -> tuple[np.ndarray, float]:
+        losses, test_loss = jax.block_until_ready(train_run(jnp.float32(lr), jnp.int32(warmup),
+                                                            *train_and_test_batches()))
+        return np.asarray(losses), float(test_loss)
+
+    return train_one
+
+
+def train_mlm(config, runs, corpus: np.ndarray | None = None) -> list[tuple[np.ndarray, float]]:
+    """[(per-step losses, test loss)] of `mlm_trainer` once per (lr, alpha_warmup_steps) of `runs`."""
+    train_one = mlm_trainer(config, corpus)
+    return [train_one(lr, warmup) for lr, warmup in runs]
 
 
 def run_roformer(config, workdir: str) -> dict:
     """A tiny RoFormerV2 MLM on stdlib docstrings, post-norm from scratch at each lr, with and without the
-    α warmup (α = min(1, step / warmup_steps)); one compilation for every run (`train_mlm`)."""
+    α warmup (α = min(1, step / warmup_steps)); one compilation for every run (`mlm_trainer`).
+
+    Resumable job by job (module docstring): each run is a unit, 'mlm/lr<lr>/no_warmup' and
+    'mlm/lr<lr>/alpha_warmup' per lr. 'seconds' is the corpus build of this call plus every run's training
+    time as measured when the run was computed."""
     _check_batch_sizes(config, batch_size=config.batch_size)
     os.makedirs(workdir, exist_ok=True)
+    store = UnitStore(workdir, config)
     t0 = time.perf_counter()
     corpus = char_corpus()
-    runs = [(lr, warmup) for lr in config.learning_rates for warmup in (0, config.alpha_warmup_steps)]
-    trained = iter(train_mlm(config, runs, corpus))
+    train_one = mlm_trainer(config, corpus)
+    seconds = time.perf_counter() - t0
+
+    def mlm_run(lr, warmup):
+        start = time.perf_counter()
+        losses, test_loss = train_one(lr, warmup)
+        return dict(losses=losses, test_loss=test_loss, seconds=time.perf_counter() - start)
+
     results, curves = {}, {}
     for lr in config.learning_rates:
         for name, warmup in (("no_warmup", 0), ("alpha_warmup", config.alpha_warmup_steps)):
-            losses, test_loss = next(trained)
             tag = f"lr{lr:g}/{name}"
+            out = store.run(f"mlm/{tag}", mlm_run, lr, warmup)
+            losses, test_loss = out["losses"], out["test_loss"]
+            seconds += out["seconds"]
             curves[tag] = losses
             tail = max(1, config.num_steps // 10)
             finite = np.isfinite(losses).all() and np.isfinite(test_loss)
@@ -599,7 +657,7 @@ def run_roformer(config, workdir: str) -> dict:
     results["mlm/high_lr/alpha_warmup/test_loss"] = results[f"mlm/lr{hi:g}/alpha_warmup/test_loss"]
     results["mlm/high_lr/no_warmup/test_loss"] = results[f"mlm/lr{hi:g}/no_warmup/test_loss"]
     results["mlm/uniform_test_loss"] = float(np.log(VOCAB_SIZE - FIRST_CHAR))
-    results["seconds"] = time.perf_counter() - t0
+    results["seconds"] = seconds
     results["corpus_chars"] = float(corpus.shape[0])
 
     plt = _plt()
@@ -719,10 +777,29 @@ def train_copy(config, positions: str, key) -> tuple[CopyLM, np.ndarray]:
     return nnx.merge(graphdef, jax.device_get(params)), np.concatenate(losses)
 
 
+def _rope_unit(config, positions: str, kdata, ktest) -> dict:
+    """`train_copy` of one position scheme and its per-position copy accuracy [t] at every test length t
+    (test batch from fold_in(ktest, t)): {'losses', 'seconds' (of the training), 'accuracy': {'len<t>'}}."""
+    c = config
+    t0 = time.perf_counter()
+    model, losses = train_copy(c, positions, kdata)
+    seconds = time.perf_counter() - t0
+    acc_fn = nnx.jit(copy_accuracy)
+    accuracy = {}
+    for t in c.test_lengths:
+        batch = lagged_copy_batch(jax.random.fold_in(ktest, t), batch=c.eval_size, length=t,
+                                  vocab_size=c.vocab_size, lag=c.lag)
+        accuracy[f"len{t}"] = np.asarray(acc_fn(model, *batch))  # [t]
+    return dict(losses=losses, seconds=seconds, accuracy=accuracy)
+
+
 def run_rope(config, workdir: str) -> dict:
     """RoPE vs learned absolute positions on the lagged copy: trained at `train_length`, per-token copy
     accuracy at every length of `test_lengths` (also split into positions inside / beyond the training
-    length), for each position scheme."""
+    length), for each position scheme.
+
+    Resumable job by job (module docstring): each position scheme is a unit, 'rope_copy/<scheme>' (its
+    training and its test accuracies, `_rope_unit`)."""
     c = config
     _check_batch_sizes(c, batch_size=c.batch_size)
     for name in ("train_length", "lag", "vocab_size", "num_steps", "log_every", "eval_size"):
@@ -739,20 +816,18 @@ def run_rope(config, workdir: str) -> dict:
         if name not in POSITIONS:
             raise ValueError(f"`positions` entries must be in {POSITIONS}; got {name!r}")
     os.makedirs(workdir, exist_ok=True)
+    store = UnitStore(workdir, c)
     results: dict[str, float] = {}
     curves, per_position = {}, {}
     kdata, ktest = jax.random.split(jax.random.key(c.seed))
     for name in c.positions:
-        t0 = time.perf_counter()
-        model, losses = train_copy(c, name, kdata)
-        results[f"rope_copy/{name}/seconds"] = time.perf_counter() - t0
+        out = store.run(f"rope_copy/{name}", _rope_unit, c, name, kdata, ktest)
+        losses = out["losses"]
+        results[f"rope_copy/{name}/seconds"] = out["seconds"]
         curves[name] = losses
         results[f"rope_copy/{name}/final_train_loss"] = float(np.mean(losses[-max(1, c.log_every):]))
-        acc_fn = nnx.jit(copy_accuracy)
         for t in c.test_lengths:
-            batch = lagged_copy_batch(jax.random.fold_in(ktest, t), batch=c.eval_size, length=t,
-                                      vocab_size=c.vocab_size, lag=c.lag)
-            acc = np.asarray(acc_fn(model, *batch))  # [t]
+            acc = out["accuracy"][f"len{t}"]  # [t]
             per_position[(name, t)] = acc
             results[f"rope_copy/{name}/accuracy_len{t}"] = float(np.mean(acc[c.lag:]))
             if t > c.train_length:

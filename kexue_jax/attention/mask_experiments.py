@@ -20,6 +20,14 @@ masked model's logits do not move is asserted in tests/attention/test_mask_exper
 The training loop is data-parallel (`kexue_jax.core.sharding.data_parallel_step`): `config.mesh` builds a
 mesh, every batch is sharded over its batch axes, the parameters are replicated; 8 simulated devices give
 the same losses as one (tested).
+
+`run` is resumable job by job (`kexue_jax.core.units.UnitStore`): the training and scoring of each model
+('train/<variant>_<pooling>') is a unit saved under `workdir/units/` when it finishes. Rerunning the same
+command with the same --workdir restores the finished models' results and trains only the rest, so a
+killed run loses at most the model in training; resuming with a different config is a `ConfigError`
+before anything trains. Every unit depends on the config alone, so the resumed results equal an
+uninterrupted run's bit for bit, except `<model>/train_seconds`: a restored unit keeps the time measured
+in the run that computed it.
 """
 from __future__ import annotations
 
@@ -35,8 +43,10 @@ import optax
 from kexue_jax.attention.masks import masked_bidirectional_rnn, masked_max, masked_mean, padding_mask
 from kexue_jax.core import sharding
 from kexue_jax.core.metrics import write_results
+from kexue_jax.core.units import UnitStore
 
-__all__ = ["VARIANTS", "POOLINGS", "make_sequences", "pad_to", "init_params", "logits_fn", "train", "run"]
+__all__ = ["VARIANTS", "POOLINGS", "make_sequences", "pad_to", "init_params", "logits_fn", "train",
+           "train_and_score", "run"]
 
 VARIANTS = ("masked", "naive")
 POOLINGS = ("max", "mean")
@@ -143,11 +153,33 @@ def train(config, variant: str, mesh, pooling: str = "max") -> tuple[dict, np.nd
     return params, np.asarray(jax.device_get(jnp.stack(losses)))
 
 
+def train_and_score(config, name: str, mesh, test_seqs, test_labels) -> dict:
+    """Trains model `name` ('<variant>_<pooling>') and scores the test set padded to every length of
+    `config.test_lens`: {'losses', 'train_seconds', 'accuracy': [per length], 'max_logit_change': [per
+    length, the largest |logit − logit at the first length|]}."""
+    variant, pooling = name.split("_")
+    t0 = time.perf_counter()
+    params, losses = train(config, variant, mesh, pooling)
+    seconds = time.perf_counter() - t0
+    score = jax.jit(functools.partial(logits_fn, variant=variant, pooling=pooling))
+    accuracy, change, ref = [], [], None
+    for length in config.test_lens:
+        lg = np.asarray(score(params, jnp.asarray(pad_to(test_seqs, length))))
+        accuracy.append(float(np.mean(lg.argmax(-1) == test_labels)))
+        ref = lg if ref is None else ref
+        change.append(float(np.max(np.abs(lg - ref))))
+    return dict(losses=losses, train_seconds=seconds, accuracy=accuracy, max_logit_change=change)
+
+
 def run(config, workdir: str) -> dict:
-    """Trains both variants and scores them at every test padding; writes results.json and a figure."""
+    """Trains both variants and scores them at every test padding; writes results.json and a figure.
+
+    Resumable job by job (module docstring): one unit per model, 'train/<variant>_<pooling>'
+    (`train_and_score`)."""
     _check(config)
     sharding.check_batch_size(config.batch_size, config.get("mesh"))
     os.makedirs(workdir, exist_ok=True)
+    store = UnitStore(workdir, config)
     mesh = sharding.make_mesh(config.get("mesh"))
     test_seqs, test_labels = make_sequences(np.random.default_rng([config.seed, 2]), config.test_size,
                                             vocab=config.vocab, min_len=config.min_len, max_len=config.max_len,
@@ -155,21 +187,15 @@ def run(config, workdir: str) -> dict:
     results, curves, acc_table = {}, {}, {}
     names = [f"{v}_{p}" for p in config.poolings for v in config.variants]
     for name in names:
-        variant, pooling = name.split("_")
-        t0 = time.perf_counter()
-        params, losses = train(config, variant, mesh, pooling)
+        out = store.run(f"train/{name}", train_and_score, config, name, mesh, test_seqs, test_labels)
+        losses = out["losses"]
         curves[name] = losses
         results[f"{name}/final_train_loss"] = float(np.mean(losses[-max(1, config.num_steps // 10):]))
-        results[f"{name}/train_seconds"] = time.perf_counter() - t0
-        score = jax.jit(functools.partial(logits_fn, variant=variant, pooling=pooling))
-        ref = None
-        for length in config.test_lens:
-            lg = np.asarray(score(params, jnp.asarray(pad_to(test_seqs, length))))
-            acc = float(np.mean(lg.argmax(-1) == test_labels))
+        results[f"{name}/train_seconds"] = out["train_seconds"]
+        for length, acc, change in zip(config.test_lens, out["accuracy"], out["max_logit_change"]):
             acc_table[(name, length)] = acc
             results[f"{name}/test_accuracy_len{length}"] = acc
-            ref = lg if ref is None else ref
-            results[f"{name}/max_logit_change_len{length}"] = float(np.max(np.abs(lg - ref)))
+            results[f"{name}/max_logit_change_len{length}"] = change
         accs = [acc_table[(name, n)] for n in config.test_lens]
         results[f"{name}/accuracy_drop"] = accs[0] - accs[-1]
     results["chance_accuracy"] = 1.0 / config.num_classes
