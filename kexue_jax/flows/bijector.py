@@ -341,8 +341,8 @@ class _Coupling(Bijector):
                              f"{None if mask is None else '<array>'}, num_channels={num_channels!r}")
         if scale_fn not in SCALE_FNS:
             raise ValueError(f"`scale_fn` must be one of {list(SCALE_FNS)}; got {scale_fn!r}")
-        if not (isinstance(scale_bound, numbers.Real) and scale_bound > 0):
-            raise ValueError(f"`scale_bound` must be a number > 0; got {scale_bound!r}")
+        if not (isinstance(scale_bound, numbers.Real) and math.isfinite(scale_bound) and scale_bound > 0):
+            raise ValueError(f"`scale_bound` must be a finite number > 0; got {scale_bound!r}")
         self.conditioner = conditioner
         self.scale_fn = scale_fn
         self.scale_bound = float(scale_bound)

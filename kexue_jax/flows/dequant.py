@@ -67,8 +67,8 @@ def _check_event_shape(event_shape) -> tuple[int, ...]:
 
 
 def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}")
     return float(value)
 
 
@@ -227,8 +227,12 @@ class DequantizedFlow(nnx.Module):
                 raise ValueError(f"`dequantizer_kwargs` must be empty for the uniform dequantizer; got {dq_kwargs}")
             self.dequantizer = UniformDequantizer(event_shape=self.event_shape, levels=self.levels)
         else:
-            self.dequantizer = VariationalDequantizer(event_shape=self.event_shape, levels=self.levels,
-                                                      **dq_kwargs, rngs=rngs)
+            try:
+                self.dequantizer = VariationalDequantizer(event_shape=self.event_shape, levels=self.levels,
+                                                          **dq_kwargs, rngs=rngs)
+            except (TypeError, ValueError) as e:  # name the dict the bad argument came from
+                raise ValueError(f"`dequantizer_kwargs` must be valid VariationalDequantizer arguments ({e}); got "
+                                 f"{dq_kwargs!r}") from e
 
     @property
     def num_dims(self) -> int:
@@ -349,11 +353,35 @@ def evaluate(model: Any, dataset: Any, *, key: jax.Array, config: Any, workdir: 
     return {k: (v if np.isfinite(v) else float("nan")) for k, v in results.items()}
 
 
+def check_config(config: Any) -> None:
+    """The keys only `evaluate` reads (same defaults), checked by the shared trainer before training."""
+    from kexue_jax.core.config import check_int
+    from kexue_jax.flows import train as flow_train
+
+    check_int(config.get("eval_importance_samples", 64), "eval_importance_samples")
+    # eval_batch_size, and eval_dequant_samples (read when eval_flow_uniform; checked always: a typo there
+    # would otherwise surface only in the full run, after training)
+    flow_train.check_config(config)
+
+
+evaluate.check_config = check_config
+
+
+def _run_config(config: Any, name: str) -> Any:
+    """The shared trainer's config for the run of dequantiser `name` in `run_comparison`."""
+    sub = copy.deepcopy(config)
+    sub.runner = "kexue_jax.core.train.train_and_evaluate"
+    sub.model_kwargs.dequantizer = name
+    sub.model_kwargs.dequantizer_kwargs = dict(config.dequantizer_kwargs) if name == "variational" else {}
+    return sub
+
+
 def run_comparison(config: Any, workdir: str) -> dict[str, float]:
     """Trains the config once per dequantiser in `config.compare` (e.g. ('uniform', 'variational')) with the
     shared trainer, same seed, data order and steps, in `workdir/<name>`; returns '<name>/<metric>' for
     each run plus the baselines (from the last run) at the top level, copies each run's figures to
     `workdir/<name>_<figure>.png`, and writes `workdir/results.json`."""
+    from kexue_jax.core import config as config_lib
     from kexue_jax.core import metrics as metrics_lib
     from kexue_jax.core import train
 
@@ -361,12 +389,21 @@ def run_comparison(config: Any, workdir: str) -> dict[str, float]:
     if not names or any(name not in DEQUANTIZERS for name in names) or len(set(names)) != len(names):
         raise ValueError(f"`compare` must be a non-empty sequence of distinct names from {list(DEQUANTIZERS)}; "
                          f"got {names!r}")
+    # Every run is checked before the first one trains, so a mistake in a later run's model (e.g. in
+    # `dequantizer_kwargs`) cannot surface after the earlier runs have trained.
+    resolved = config_lib.validate_train_config(config, num_devices=jax.device_count())
+    model_kwargs = config.get("model_kwargs") or {}
+    dequantizer = model_kwargs.get("dequantizer", "variational")
+    config_lib.require(dequantizer in DEQUANTIZERS, "model_kwargs.dequantizer",
+                       f"one of {list(DEQUANTIZERS)} (each run sets it from `compare`)", dequantizer)
+    if "variational" in names:
+        config_lib.require(hasattr(config.get("dequantizer_kwargs"), "items"), "dequantizer_kwargs",
+                           "a dict of VariationalDequantizer arguments", config.get("dequantizer_kwargs"))
+    subs = {name: _run_config(config, name) for name in names}
+    for sub in subs.values():  # abstract: no parameter is allocated, nothing is compiled
+        nnx.eval_shape(lambda s=sub: resolved["model"](**dict(s.model_kwargs), rngs=nnx.Rngs(s.seed)))
     results: dict[str, float] = {}
-    for name in names:
-        sub = copy.deepcopy(config)
-        sub.runner = "kexue_jax.core.train.train_and_evaluate"
-        sub.model_kwargs.dequantizer = name
-        sub.model_kwargs.dequantizer_kwargs = dict(config.dequantizer_kwargs) if name == "variational" else {}
+    for name, sub in subs.items():
         sub_dir = os.path.join(workdir, name)
         out = train.train_and_evaluate(sub, sub_dir)
         if jax.process_index() == 0:  # figures at the top level, where `reproduce` collects them

@@ -166,6 +166,9 @@ class FVAE(nnx.Module):
             raise ValueError(f"`posterior_scale` must be one of {list(POSTERIOR_SCALES)}; got {posterior_scale!r}")
         self.posterior_scale = posterior_scale
         num_couplings = _check_int(num_couplings, "num_couplings", 0)
+        _check_int(num_encoder_blocks, "num_encoder_blocks", 0)  # 0: E is the identity (d = D)
+        _check_int(num_decoder_blocks, "num_decoder_blocks", 0)
+        flow_hidden = tuple(_check_int(h, "flow_hidden", 1) for h in flow_hidden)
         if num_couplings and self.latent_dim < 2:
             raise ValueError(f"`latent_dim` must be >= 2 for couplings to split it; got {self.latent_dim}")
         d, big_d = self.latent_dim, self.num_dims
@@ -182,7 +185,7 @@ class FVAE(nnx.Module):
         for i in range(num_couplings):
             # ActNorm and the coupling's zero-initialised conditioner start as the identity
             steps += [ActNorm(d), Permute.shuffle(d, seed=i),
-                      AdditiveCoupling(MLPConditioner(d, d, hidden=tuple(flow_hidden), rngs=rngs),
+                      AdditiveCoupling(MLPConditioner(d, d, hidden=flow_hidden, rngs=rngs),
                                        mask=interleaved_mask(d, parity=i % 2))]
         self.flow = Chain(steps) if steps else None
 
@@ -411,3 +414,15 @@ def evaluate(model: FVAE, dataset: Any, *, key: jax.Array, config: Any, workdir:
         save_image_grid(np.clip(pairs + 0.5, 0.0, 1.0), os.path.join(workdir, "reconstructions.png"), ncol=8,
                         title=f"{name}: input | G(E(x))")
     return results
+
+
+def check_config(config: Any) -> None:
+    """The keys only `evaluate` reads (same defaults), checked by the shared trainer before training."""
+    from kexue_jax.core.config import check_int
+
+    for key, default in (("eval_num_samples", 1000), ("eval_elbo_samples", 8), ("eval_batch_size", 100),
+                         ("eval_sample_chunk_size", 100)):
+        check_int(config.get(key, default), key)
+
+
+evaluate.check_config = check_config

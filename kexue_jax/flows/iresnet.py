@@ -405,7 +405,9 @@ class _ResidualBlock(Bijector):
         self.event_shape = tuple(event_shape)
         self.lipschitz = _check_lipschitz(lipschitz)
         self.activation = _check_choice(activation, "activation", ACTIVATIONS)
-        self.n_power_iterations = _check_int(n_power_iterations, "n_power_iterations", 0)
+        # >= 1: with 0 the stored u, v never follow the trained kernel, σ̂ = vᵀWu falls below ‖W‖₂ and Lip(g) < 1
+        # is no longer enforced (freeze a trained model with update_power_iteration=False instead)
+        self.n_power_iterations = _check_int(n_power_iterations, "n_power_iterations", 1)
         self.logdet = _check_choice(logdet, "logdet", LOG_DETS)
         self.n_terms = _check_int(n_terms, "n_terms", 1)
         self.n_probes = _check_int(n_probes, "n_probes", 1)
@@ -477,7 +479,7 @@ class IResNetBlock(_ResidualBlock):
       hidden: widths of g's hidden layers (the spec's 2-D toy: (64, 64)).
       lipschitz: c in (0, 1), the bound on every kernel's spectral norm (default 0.9).
       activation: one of ACTIVATIONS ('elu' (official default), 'lipswish', 'tanh'), all 1-Lipschitz.
-      n_power_iterations: power iterations per forward pass (official: 5 for density, 1 classifier).
+      n_power_iterations: power iterations per forward pass, >= 1 (official: 5 for density, 1 classifier).
       logdet: the estimator, one of LOG_DETS ('series' (default) | 'exact' | 'roulette'); module docstring.
       n_terms: terms of the truncated series (official density setting: 5).
       n_probes: Hutchinson probes per call (official: 1), probe: one of PROBES ('rademacher' default).
@@ -708,3 +710,44 @@ def evaluate_images(model: Any, dataset: Any, *, key: jax.Array, config: Any, wo
     back = jax.jit(lambda s, v: (lambda m: m.inverse(m.forward(v)))(nnx.merge(graphdef, s)))(state, y)
     results["test/inverse_max_abs_error"] = float(jnp.max(jnp.abs(back - y)))
     return results
+
+
+_EVAL_LOGDET_OPTIONS = ("n_terms", "n_probes", "probe", "n_exact_terms", "roulette_p", "max_terms")
+
+
+def _check_eval_logdet(config: Any) -> None:
+    from kexue_jax.core.config import require
+
+    eval_logdet = config.get("eval_logdet") or "exact"
+    require(eval_logdet in LOG_DETS, "eval_logdet", f"one of {list(LOG_DETS)}", eval_logdet)
+
+
+def check_config(config: Any) -> None:
+    """The key only `evaluate` reads (`eval_logdet`), checked by the shared trainer before training."""
+    _check_eval_logdet(config)
+
+
+def check_image_config(config: Any) -> None:
+    """The keys only `evaluate_images` reads (same defaults), checked by the shared trainer before training."""
+    from kexue_jax.core.config import check_int, require
+    from kexue_jax.flows import train as flows_train
+
+    _check_eval_logdet(config)
+    options = config.get("eval_logdet_options") or {}
+    require(hasattr(options, "items"), "eval_logdet_options", "a dict", options)
+    options = dict(options)
+    require(set(options) <= set(_EVAL_LOGDET_OPTIONS), "eval_logdet_options",
+            f"a dict with keys from {list(_EVAL_LOGDET_OPTIONS)}", options)
+    for name, value in options.items():
+        if name == "probe":
+            require(value in PROBES, "eval_logdet_options.probe", f"one of {list(PROBES)}", value)
+        elif name == "roulette_p":
+            require(isinstance(value, numbers.Real) and 0 < value < 1, "eval_logdet_options.roulette_p",
+                    "a number in (0, 1)", value)
+        else:
+            check_int(value, f"eval_logdet_options.{name}", minimum=0 if name == "n_exact_terms" else 1)
+    flows_train.check_config(config)  # eval_dequant_samples, eval_batch_size
+
+
+evaluate.check_config = check_config
+evaluate_images.check_config = check_image_config

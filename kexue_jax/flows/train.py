@@ -144,3 +144,14 @@ def evaluate(model: Any, dataset: Any, *, key: jax.Array, config: Any, workdir: 
             save_image_grid(samples, os.path.join(workdir, f"samples_T{t}.png"), ncol=8,
                             title=f"{type(model).__name__} samples, temperature {t}")
     return results
+
+
+def check_config(config: Any) -> None:
+    """The keys only `evaluate` reads (same defaults), checked by the shared trainer before training."""
+    from kexue_jax.core.config import check_int
+
+    check_int(config.get("eval_dequant_samples", 4), "eval_dequant_samples")
+    check_int(config.get("eval_batch_size", 500), "eval_batch_size")
+
+
+evaluate.check_config = check_config

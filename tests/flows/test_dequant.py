@@ -389,8 +389,8 @@ BAD = [
      "`event_shape` must be (features,) or (height, width, channels) of positive integers; got (0,)"),
     ("levels one", _vd(levels=1), "`levels` must be an integer >= 2; got 1"),
     ("negative couplings", _vd(num_couplings=-1), "`num_couplings` must be an integer >= 0; got -1"),
-    ("logit bound", _vd(logit_bound=0.0), "`logit_bound` must be a number > 0; got 0.0"),
-    ("scale bound", _vd(scale_bound=-1), "`scale_bound` must be a number > 0; got -1"),
+    ("logit bound", _vd(logit_bound=0.0), "`logit_bound` must be a finite number > 0; got 0.0"),
+    ("scale bound", _vd(scale_bound=-1), "`scale_bound` must be a finite number > 0; got -1"),
     ("images shape", lambda: DQ.UniformDequantizer(event_shape=(4,), levels=17).sample_and_log_prob(
         jnp.zeros((2, 5), jnp.uint8), key=jax.random.key(0)),
      "`images` must have shape [batch, *(4,)]; got shape (2, 5)"),
