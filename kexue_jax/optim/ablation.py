@@ -6,7 +6,9 @@ Article: 指数梯度下降 + 元学习 = 自适应学习率 (https://kexue.fm/a
 (optimizer, task) pair is compiled once: the initial learning rate and the seed are traced and vmapped,
 the steps run in a `lax.scan`. A run that produces NaN/inf (or ends above `divergence_factor` × its
 initial loss) is recorded as diverged in its own CSV row; it never stops the grid. A pair whose
-construction or compilation raises is recorded as diverged with the error message.
+construction or compilation raises is recorded as diverged with the error message. Config mistakes are not
+results: `check_config` checks every key `run` reads (and builds every configured optimizer with the
+configured γ) before anything is compiled, and raises a ConfigError naming the key (e.g. `gammas.rms`).
 
 Optimizer names (`config.optimizers`):
   sgd, sgdm (momentum 0.9), adam                        plain optax baselines
@@ -41,6 +43,7 @@ import csv
 import functools
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -54,6 +57,7 @@ import optax
 from kexue_jax.optim.exponentiated_gradient import eg_sgd, eg_step_size_adaptation
 from kexue_jax.optim.hypergradient import hypergradient_descent
 from kexue_jax.optim.stats import optimizer_stats
+from kexue_jax.core.config import ConfigError, check_int, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitFault, UnitStore
 
@@ -600,19 +604,124 @@ def _plot_shift(curves, shift_step, path):
 # Runner
 
 
+_GAMMA_KEYS = NORMS + ("eg_sgd", "hd_additive", "hd_multiplicative")
+
+
+def _gamma_key(name: str) -> str | None:
+  """The key of `config.gammas` that optimizer `name` reads (None: it reads none)."""
+  if name == "eg_sgd":
+    return "eg_sgd"
+  if name.startswith("eg_"):
+    parts = name.split("_")
+    return parts[3] if len(parts) == 4 and parts[3] in NORMS else None
+  return {"hd_sgd": "hd_additive", "hd_adam": "hd_multiplicative"}.get(name)
+
+
+def _is_real(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_real(value, key: str, expected: str, ok: Callable[[float], bool]) -> None:
+  """`value` must be a finite real number with ok(value); `expected` is the message's wording."""
+  require(_is_real(value) and ok(value), key, expected, value)
+
+
+def _check_name(name: str, key: str) -> None:
+  """`name` must be an optimizer name `make_optimizer` accepts (built with γ = 0: names only)."""
+  try:
+    make_optimizer(name, 1e-3, dict.fromkeys(_GAMMA_KEYS, 0.0))
+  except ValueError as e:
+    raise ConfigError(str(e).replace("`optimizer`", f"`{key}`", 1)) from None
+
+
 def check_config(config) -> None:
-  for o in config.optimizers:
-    make_optimizer(o, 1e-3, dict(config.gammas))  # raises ValueError on a bad name
-  for t in config.tasks:
+  """Checks every key `run` reads, before anything is traced; raises ConfigError (a ValueError) naming
+  the key (dotted path), what was expected and what was given."""
+  for key in ("tasks", "optimizers", "learning_rates", "seeds", "num_steps", "eval_every", "gammas", "targets",
+              "headline", "divergence_factor", "trajectory_task", "trajectory_lr"):
+    require(key in config, key, "set in the config", "<missing>")
+  tasks, opts = list(config.tasks), list(config.optimizers)
+  require(len(tasks) > 0, "tasks", f"a non-empty list of names from {TASKS}", tasks)
+  for t in tasks:
     if t not in TASKS:
-      raise ValueError(f"`task` must be one of {TASKS}; got {t!r}")
+      raise ConfigError(f"`task` must be one of {TASKS}; got {t!r}")
+  require(len(opts) > 0 and all(isinstance(o, str) for o in opts), "optimizers",
+          "a non-empty list of optimizer names", opts)
   lrs = list(config.learning_rates)
-  if not lrs or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
-    raise ValueError(f"`learning_rates` must be a non-empty list of positive numbers; got {lrs!r}")
-  if not list(config.seeds):
-    raise ValueError("`seeds` must be a non-empty list of ints; got []")
-  if not isinstance(config.num_steps, int) or config.num_steps < 1:
-    raise ValueError(f"`num_steps` must be a positive int; got {config.num_steps!r}")
+  if not lrs or not all(_is_real(v) and v > 0 for v in lrs):
+    raise ConfigError(f"`learning_rates` must be a non-empty list of positive numbers; got {lrs!r}")
+  seeds = list(config.seeds)
+  if not seeds:
+    raise ConfigError("`seeds` must be a non-empty list of ints; got []")
+  require(all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in seeds), "seeds",
+          "a non-empty list of integers >= 0", seeds)
+  if not isinstance(config.num_steps, int) or isinstance(config.num_steps, bool) or config.num_steps < 1:
+    raise ConfigError(f"`num_steps` must be a positive int; got {config.num_steps!r}")
+  check_int(config.eval_every, "eval_every")
+  if config.get("compile_group") is not None:
+    check_int(config.compile_group, "compile_group")
+
+  # γ per normalisation / rule: every entry finite >= 0 (the factories' range), every one read is set.
+  gammas = config.gammas
+  require(hasattr(gammas, "keys"), "gammas", f"a dict with keys from {_GAMMA_KEYS}", gammas)
+  gammas = dict(gammas)
+  for g, v in gammas.items():
+    if g not in _GAMMA_KEYS:
+      raise ConfigError(f"`gammas` must be a dict with keys from {_GAMMA_KEYS}; got a key {g!r}")
+    _check_real(v, f"gammas.{g}", "a finite number >= 0", lambda x: x >= 0)
+  for o in opts:
+    _check_name(o, "optimizers")
+    g = _gamma_key(o)
+    if g is not None:
+      require(g in gammas, f"gammas.{g}", f"set (optimizer {o!r} reads it)", "<missing>")
+    try:  # builds the optax transform with the configured γ: compiles nothing
+      make_optimizer(o, 1e-3, gammas)
+    except ValueError as e:
+      key = f"gammas.{g}" if g is not None else "optimizers"
+      raise ConfigError(f"`{key}` must be a value optimizer {o!r} accepts ({e}); "
+                        f"got {gammas.get(g) if g else o!r}") from None
+
+  targets = config.targets
+  require(hasattr(targets, "keys"), "targets", f"a dict of task name -> target loss, names from {TASKS}",
+          targets)
+  targets = dict(targets)
+  for t, v in targets.items():
+    if t not in TASKS:
+      raise ConfigError(f"`targets` must be a dict of task name -> target loss, names from {TASKS}; "
+                        f"got a key {t!r}")
+    _check_real(v, f"targets.{t}", "a finite number > 0 (a training loss to reach)", lambda x: x > 0)
+  for t in tasks:
+    require(t in targets, f"targets.{t}", f"set (task {t!r} is in `tasks`)", "<missing>")
+  if "quadratic" in tasks or "quadratic_kappa" in config:
+    _check_real(config.get("quadratic_kappa"), "quadratic_kappa", "a finite number >= 1 (a condition number)",
+                lambda x: x >= 1)
+  _check_real(config.divergence_factor, "divergence_factor",
+              "a finite number >= 1 (a run diverged when its final loss > this × its initial loss)",
+              lambda x: x >= 1)
+  require(isinstance(config.headline, str), "headline", "an optimizer name such as 'eg_adam_both_mixed'",
+          config.headline)
+  _check_name(config.headline, "headline")
+  require(config.trajectory_task in TASKS, "trajectory_task", f"one of {TASKS}", config.trajectory_task)
+  _check_real(config.trajectory_lr, "trajectory_lr", "a finite number > 0", lambda x: x > 0)
+
+  shift = config.get("shift")
+  if shift:
+    enabled = shift.get("enabled", True)
+    require(isinstance(enabled, bool), "shift.enabled", "a bool", enabled)
+    if enabled:
+      for key in ("num_steps", "eval_every", "lr", "level"):
+        require(key in shift, f"shift.{key}", "set when shift.enabled", "<missing>")
+      check_int(shift.num_steps, "shift.num_steps", minimum=2)  # labels change at num_steps // 2 >= 1
+      check_int(shift.eval_every, "shift.eval_every")
+      _check_real(shift.lr, "shift.lr", "a finite number > 0", lambda x: x > 0)
+      _check_real(shift.level, "shift.level", "a finite number > 0 (a training loss to reach)",
+                  lambda x: x > 0)
+      parts = config.headline.split("_")
+      require(len(parts) == 4 and parts[0] == "eg", "headline",
+              "an EG wrapper name eg_<base>_<mode>_<norm> when shift.enabled (the shift test wraps Adam with "
+              "its normalisation)", config.headline)
+      require(parts[3] in gammas, f"gammas.{parts[3]}", "set (the shift test reads the headline's γ)",
+              "<missing>")
 
 
 def _train_group(store: UnitStore, task: Task, names: list[str], lrs, seeds, config, gammas

@@ -32,6 +32,8 @@ Resuming with a different config is a ConfigError.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
 
 import jax
@@ -39,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kexue_jax.core.config import check_int, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitStore
 from kexue_jax.optim.momentum_ode import momentum_schedule
@@ -244,8 +247,93 @@ def _plt():
   return plt
 
 
+def _is_real(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_real(value, key: str, expected: str, ok) -> None:
+  """`value` must be a finite real number with ok(value); `expected` is the message's wording."""
+  require(_is_real(value) and ok(value), key, expected, value)
+
+
+def _check_list(config, key: str, expected: str, ok) -> list:
+  """config[key] must be a non-empty list whose every entry passes ok (reals are finite)."""
+  values = config[key]
+  good = isinstance(values, (list, tuple)) and len(values) > 0 and all(
+      _is_real(v) and ok(v) for v in values)
+  require(good, key, f"a non-empty list of {expected}", values)
+  return list(values)
+
+
+def _enabled(config, key: str) -> bool:
+  """A study runs when its switch key is truthy (0 / None skip it), exactly as `run` reads it (NaN runs)."""
+  return bool(config.get(key))
+
+
+def check_config(config) -> None:
+  """Checks every key `run` reads (of the studies it runs), before anything is traced; raises ConfigError
+  (a ValueError) naming the key, what was expected and what was given."""
+  for key in ("alphas", "betas", "show_alpha", "show_beta", "escape_steps", "kappas", "kappa_dim", "tol",
+              "max_iters"):
+    require(key in config, key, "set in the config", "<missing>")
+  # 1. escape: heavy ball optax.sgd(α, momentum=β); β = 0 (plain GD) is read as the baseline.
+  _check_list(config, "alphas", "learning rates > 0", lambda x: x > 0)
+  betas = _check_list(config, "betas", "momenta in [0, 1) including 0.0 (plain GD)", lambda x: 0 <= x < 1)
+  require(0.0 in betas, "betas", "a non-empty list of momenta in [0, 1) including 0.0 (plain GD)", betas)
+  _check_real(config.show_alpha, "show_alpha", "a finite number > 0 (the nearest of `alphas` is shown)",
+              lambda x: x > 0)
+  _check_real(config.show_beta, "show_beta", "a number in [0, 1) (the nearest of `betas` is shown)",
+              lambda x: 0 <= x < 1)
+  check_int(config.escape_steps, "escape_steps")
+  # 2. κ scaling: λ log-spaced in [1, κ]; the slope is a fit of log(iterations) against log κ.
+  kappas = _check_list(config, "kappas", "at least 2 distinct condition numbers >= 1", lambda x: x >= 1)
+  require(len(set(kappas)) >= 2, "kappas", "a non-empty list of at least 2 distinct condition numbers >= 1",
+          kappas)
+  check_int(config.kappa_dim, "kappa_dim", minimum=2)  # λ spans [1, κ] only with 2 or more entries
+  _check_real(config.tol, "tol", "a number in (0, 1) (stop at ‖x‖ <= tol ‖x₀‖)", lambda x: 0 < x < 1)
+  check_int(config.max_iters, "max_iters")
+  require(config.max_iters < 2 ** 31, "max_iters", "an integer < 2**31 (an int32 counter)", config.max_iters)
+  # 3. β rule (skipped when beta_rule_steps is 0 / None).
+  if _enabled(config, "beta_rule_steps"):
+    v = config.beta_rule_steps  # the lr decays at step beta_rule_steps // 2, which must be >= 1
+    require(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 2, "beta_rule_steps",
+            "an integer >= 2, or 0 to skip the β-rule study", v)
+    _check_list(config, "beta_rule_seeds", "integer seeds >= 0",
+                lambda x: isinstance(x, numbers.Integral) and x >= 0)
+    check_int(config.beta_rule_batch, "beta_rule_batch")
+    _check_real(config.beta_rule_lr, "beta_rule_lr", "a finite number > 0", lambda x: x > 0)
+    _check_real(config.beta_rule_beta, "beta_rule_beta", "a number in [0, 1)", lambda x: 0 <= x < 1)
+    _check_real(config.beta_rule_decay, "beta_rule_decay",
+                "a number in (0, 1] (the lr factor at mid-training; the rule's β = 1 − (1 − β₀)√r)",
+                lambda x: 0 < x <= 1)
+    check_int(config.beta_rule_hidden, "beta_rule_hidden")
+  # 4. temperature (skipped when temperature_time is 0 / None).
+  if _enabled(config, "temperature_time"):
+    _check_real(config.temperature_time, "temperature_time",
+                "a finite number > 0 (the ODE time lr·steps), or 0 to skip the temperature study", lambda x: x > 0)
+    lrs = _check_list(config, "temperature_lrs", "learning rates > 0", lambda x: x > 0)
+    batches = _check_list(config, "temperature_batches", "integer batch sizes >= 1",
+                          lambda x: isinstance(x, numbers.Integral) and x >= 1)
+    check_int(config.temperature_chains, "temperature_chains", minimum=2)  # a variance across chains
+    _check_real(config.temperature_weight_decay, "temperature_weight_decay", "a finite number >= 0",
+                lambda x: x >= 0)
+    for lr in lrs:
+      require(round(config.temperature_time / lr) >= 1, "temperature_time",
+              f"large enough for round(temperature_time / lr) >= 1 step at every lr of temperature_lrs "
+              f"(lr {lr!r})",
+              config.temperature_time)
+    cells = {(float(lr), int(b)) for lr in lrs for b in batches}
+    ratios = [round(lr / b, 12) for lr, b in cells]
+    require(len(set(batches)) >= 2, "temperature_batches", "at least 2 distinct batch sizes (cells of equal lr "
+            "are compared)", batches)
+    require(len(set(ratios)) < len(ratios), "temperature_lrs",
+            "learning rates that, with `temperature_batches`, give two cells of equal lr/B (they are compared)",
+            lrs)
+
+
 def run(config, workdir: str) -> dict[str, float]:
   """The four studies, figures and results.json; finished units are restored on a rerun (module doc)."""
+  check_config(config)
   os.makedirs(workdir, exist_ok=True)
   store = UnitStore(workdir, config)
   res: dict[str, float] = {}
