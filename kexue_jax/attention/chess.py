@@ -25,6 +25,7 @@ References:
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -37,12 +38,13 @@ from flax import nnx
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, tile_cache
 from kexue_jax.core import sharding
+from kexue_jax.core.config import check_int, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.data import xiangqi as xq
 
 __all__ = ["MAX_MOVES", "move_ids", "score_moves", "choose_moves", "greedy_next_moves", "curriculum_maxlen",
            "lm_loss", "data_parallel_train_step", "check_batch_mesh", "learning_rate_schedule", "encode_games", "train", "play_vs_policy",
-           "run"]
+           "check_training_config", "check_config", "run"]
 
 MAX_MOVES = 128  # ≥ 111, Su's bound on the number of legal moves
 LOG_FLOOR = 1e-8
@@ -194,8 +196,8 @@ def learning_rate_schedule(config):
     if kind not in LR_SCHEDULES:
         raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}; got {kind!r}")
     lr = config.learning_rate
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"`learning_rate` must be a number > 0; got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"`learning_rate` must be a finite number > 0; got {lr!r}")
     warmup = config.get("warmup_steps")
     if warmup is None:
         warmup = 0 if kind == "constant" else int(0.02 * config.num_steps)
@@ -221,6 +223,37 @@ def checkpoint_every(config) -> int:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"`checkpoint_every` must be an int >= 1 (0 or None: only at the end); got {every!r}")
     return every
+
+
+def check_training_config(config) -> None:
+    """The keys shared by the chess and UniLM runners, checked in plain Python before anything is generated
+    or traced (a ValueError naming the key): the batch and mesh, `seed`, `num_steps`, `log_every`,
+    `checkpoint_every`, the learning-rate schedule and the GPT sizes (`num_heads` must divide `d_model`
+    into an even head dim: the GPT applies RoPE to q and k)."""
+    check_batch_mesh(config)
+    check_int(config.seed, "seed", minimum=0)
+    check_int(config.num_steps, "num_steps")
+    check_int(config.log_every, "log_every")
+    checkpoint_every(config)
+    learning_rate_schedule(config)
+    for key in ("d_model", "num_heads", "num_layers", "ffn_dim"):
+        check_int(config[key], key)
+    d, h = config.d_model, config.num_heads
+    require(d % h == 0 and (d // h) % 2 == 0, "num_heads",
+            f"a divisor of d_model={d} giving an even head dim (RoPE rotates pairs of dims)", h)
+
+
+def check_config(config) -> None:
+    """Every key `run` reads, checked before the corpus is generated or anything is traced (a ValueError
+    naming the key). `num_games` must be at least `batch_size`: the training batches are drawn without
+    replacement from the `num_games` training games, so fewer games than one batch would never yield one."""
+    check_training_config(config)
+    for key in ("num_eval_games", "max_plies", "eval_plies", "num_agreement_positions", "games_per_side",
+                "game_plies"):
+        check_int(config[key], key)
+    require(isinstance(config.num_games, int) and not isinstance(config.num_games, bool)
+            and config.num_games >= config.batch_size, "num_games",
+            f"an integer >= batch_size ({config.batch_size}: one batch of distinct training games)", config.num_games)
 
 
 def _replay(moves: list[str]) -> list[xq.Position]:
@@ -368,12 +401,10 @@ def run(config, workdir: str) -> dict:
     """Corpus -> curriculum training -> metrics (a), (b), (c) and games; writes results.json.
 
     Training checkpoints into `workdir` (`config.checkpoint_every`) and resumes from it when run again."""
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     c = config
-    check_batch_mesh(c)
-    learning_rate_schedule(c)
-    checkpoint_every(c)
     rng = np.random.default_rng(c.seed)
     games = xq.generate_games(c.num_games + c.num_eval_games, policy="greedy", seed=c.seed, max_plies=c.max_plies)
     train_games, eval_games = games[:c.num_games], games[c.num_games:]

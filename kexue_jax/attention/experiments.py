@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 import os
 import time
 from typing import Any, Callable
@@ -46,11 +48,12 @@ from kexue_jax.attention.roformer import RoFormerV2, RoFormerV2Config
 from kexue_jax.attention.rope import apply_rope
 from kexue_jax.attention.transformer import TransformerBlock, layer_norm, rms_norm
 from kexue_jax.core import sharding
-from kexue_jax.core.config import mesh_size
+from kexue_jax.core.config import check_int, check_positive, mesh_size, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitStore
 
-__all__ = ["run_deepnorm", "run_linear", "run_roformer", "run_rope", "char_corpus", "CopyLM", "lagged_copy_batch"]
+__all__ = ["run_deepnorm", "run_linear", "run_roformer", "run_rope", "char_corpus", "CopyLM", "lagged_copy_batch",
+           "check_deepnorm_config", "check_linear_config", "check_roformer_config", "check_rope_config"]
 
 
 _write = write_results
@@ -74,6 +77,28 @@ def _check_batch_sizes(config, **sizes: int) -> dict:
             raise ValueError(f"`{name}` must be a positive multiple of the batch-parallel device count {n} "
                              f"(mesh {axes}); got {value!r}")
     return axes
+
+
+def _check_ints(config, names, *, minimum: int = 1, prefix: str = "") -> None:
+    """`check_int` on each `config[name]`; the error names the key as `prefix + name` (e.g. 'recall.seq_len')."""
+    for name in names:
+        check_int(config[name], prefix + name, minimum=minimum)
+
+
+def _check_int_tuple(values, key: str, *, minimum: int = 1) -> None:
+    """A non-empty tuple (or list) of integers >= `minimum`."""
+    ok = isinstance(values, (tuple, list)) and len(values) > 0 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in values)
+    require(ok, key, f"a non-empty tuple of integers >= {minimum}", values)
+
+
+def _check_heads(d_model, num_heads, *, d_key: str, heads_key: str, rope: bool) -> None:
+    """`num_heads` divides `d_model` (and, under RoPE, into an even head dim: RoPE rotates pairs)."""
+    if rope:
+        require(d_model % num_heads == 0 and (d_model // num_heads) % 2 == 0, heads_key,
+                f"a divisor of {d_key}={d_model} giving an even head dim (RoPE rotates pairs of dims)", num_heads)
+    else:
+        require(d_model % num_heads == 0, heads_key, f"a divisor of {d_key}={d_model}", num_heads)
 
 
 def _shardings(config):
@@ -204,6 +229,18 @@ def one_step_table(config, keys, depth: int, coefficients) -> dict:
     return jax.tree.map(np.asarray, fn(keys, alphas, betas))
 
 
+def check_deepnorm_config(config) -> None:
+    """Every key `run_deepnorm` reads, checked in plain Python before anything is traced (ConfigError, a
+    ValueError naming the key). `why_residual_steps` = 0 is valid: it skips the "why residual" part."""
+    _check_batch_sizes(config, batch_size=config.batch_size)
+    check_int(config.seed, "seed", minimum=0)
+    _check_ints(config, ("num_seeds", "d_model", "why_residual_depth"))
+    check_int(config.why_residual_steps, "why_residual_steps", minimum=0)
+    _check_int_tuple(config.depths, "depths")
+    for key in ("sgd_lr", "adam_lr", "why_residual_lr"):
+        check_positive(config[key], key)
+
+
 def run_deepnorm(config, workdir: str) -> dict:
     """One-step relative output change vs depth for Post-LN / DeepNorm / Su's Adam coefficients, and the
     "why residual" training comparison (see experiments/attention/deepnorm.py).
@@ -211,7 +248,7 @@ def run_deepnorm(config, workdir: str) -> dict:
     Resumable job by job (module docstring): the units are 'one_step/N<depth>' (`one_step_table`, every
     variant and seed of one depth), then 'why_residual/residual' and 'why_residual/plain'
     (`train_why_residual`)."""
-    _check_batch_sizes(config, batch_size=config.batch_size)
+    check_deepnorm_config(config)
     os.makedirs(workdir, exist_ok=True)
     store = UnitStore(workdir, config)
     results: dict[str, float] = {}
@@ -449,20 +486,39 @@ def _approx_curve(config, key) -> dict:
     return dict(out, seconds=time.perf_counter() - t0)
 
 
+def check_linear_config(config) -> None:
+    """Every key `run_linear` reads, checked in plain Python before anything is traced (ConfigError, a
+    ValueError naming the dotted key, e.g. `recall.num_heads`)."""
+    r, a = config.recall, config.approx
+    _check_batch_sizes(config, **{"recall.batch_size": r.batch_size, "recall.eval_size": r.eval_size})
+    check_int(config.seed, "seed", minimum=0)
+    _check_ints(a, ("length", "head_dim", "draws", "inputs"), prefix="approx.")
+    _check_int_tuple(a.features, "approx.features")
+    check_positive(a.qk_scale, "approx.qk_scale")
+    for kernel in r.kernels:
+        if kernel not in KERNELS:
+            raise ValueError(f"`recall.kernels` entries must be in {KERNELS}; got {kernel!r}")
+    _check_ints(r, ("num_keys", "num_values", "d_model", "num_heads", "head_dim", "num_layers", "num_steps"),
+                prefix="recall.")
+    check_positive(r.learning_rate, "recall.learning_rate")
+    # seq_len − 1 (key, value) pairs with distinct keys, then the query: 1 <= seq_len − 1 <= num_keys
+    require(isinstance(r.seq_len, numbers.Integral) and not isinstance(r.seq_len, bool)
+            and 2 <= r.seq_len <= r.num_keys + 1, "recall.seq_len",
+            f"an integer in [2, recall.num_keys + 1 = {r.num_keys + 1}] (seq_len − 1 pairs with distinct keys, "
+            "then the query)", r.seq_len)
+    if not (isinstance(r.log_every, int) and 1 <= r.log_every and r.num_steps % r.log_every == 0):
+        raise ValueError(f"`recall.log_every` must be a positive divisor of recall.num_steps={r.num_steps}; "
+                         f"got {r.log_every!r}")
+
+
 def run_linear(config, workdir: str) -> dict:
     """Performer MSE vs m (iid vs orthogonal, log-log slope) and the retrieval comparison of kernels.
 
     Resumable job by job (module docstring): the units are 'approx/input<j>' (the error curve of input j
     of the `approx.inputs`; 'approx/seconds' is the sum of their times) and 'recall/<i>/<kernel>' (the
     `train_recall` of the i-th kernel of `recall.kernels`)."""
+    check_linear_config(config)
     r = config.recall
-    _check_batch_sizes(config, **{"recall.batch_size": r.batch_size, "recall.eval_size": r.eval_size})
-    for kernel in r.kernels:
-        if kernel not in KERNELS:
-            raise ValueError(f"`recall.kernels` entries must be in {KERNELS}; got {kernel!r}")
-    if not (isinstance(r.log_every, int) and 1 <= r.log_every and r.num_steps % r.log_every == 0):
-        raise ValueError(f"`recall.log_every` must be a positive divisor of recall.num_steps={r.num_steps}; "
-                         f"got {r.log_every!r}")
     os.makedirs(workdir, exist_ok=True)
     store = UnitStore(workdir, config)
     results: dict[str, float] = {}
@@ -619,6 +675,21 @@ def train_mlm(config, runs, corpus: np.ndarray | None = None) -> list[tuple[np.n
     return [train_one(lr, warmup) for lr, warmup in runs]
 
 
+def check_roformer_config(config) -> None:
+    """Every key `run_roformer` reads, checked in plain Python before the corpus is built or anything is
+    traced (ConfigError, a ValueError naming the key). `alpha_warmup_steps` = 0 is valid (the warmup run
+    then equals the no-warmup run: α = 1 from step 0)."""
+    _check_batch_sizes(config, batch_size=config.batch_size)
+    check_int(config.seed, "seed", minimum=0)
+    _check_ints(config, ("hidden_size", "num_layers", "num_heads", "seq_len", "num_steps", "eval_batches"))
+    _check_heads(config.hidden_size, config.num_heads, d_key="hidden_size", heads_key="num_heads", rope=True)
+    check_int(config.alpha_warmup_steps, "alpha_warmup_steps", minimum=0)
+    lrs = config.learning_rates
+    require(isinstance(lrs, (tuple, list)) and len(lrs) > 0 and all(
+        isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0 for lr in lrs),
+        "learning_rates", "a non-empty tuple of finite numbers > 0", lrs)
+
+
 def run_roformer(config, workdir: str) -> dict:
     """A tiny RoFormerV2 MLM on stdlib docstrings, post-norm from scratch at each lr, with and without the
     α warmup (α = min(1, step / warmup_steps)); one compilation for every run (`mlm_trainer`).
@@ -626,7 +697,7 @@ def run_roformer(config, workdir: str) -> dict:
     Resumable job by job (module docstring): each run is a unit, 'mlm/lr<lr>/no_warmup' and
     'mlm/lr<lr>/alpha_warmup' per lr. 'seconds' is the corpus build of this call plus every run's training
     time as measured when the run was computed."""
-    _check_batch_sizes(config, batch_size=config.batch_size)
+    check_roformer_config(config)
     os.makedirs(workdir, exist_ok=True)
     store = UnitStore(workdir, config)
     t0 = time.perf_counter()
@@ -793,13 +864,9 @@ def _rope_unit(config, positions: str, kdata, ktest) -> dict:
     return dict(losses=losses, seconds=seconds, accuracy=accuracy)
 
 
-def run_rope(config, workdir: str) -> dict:
-    """RoPE vs learned absolute positions on the lagged copy: trained at `train_length`, per-token copy
-    accuracy at every length of `test_lengths` (also split into positions inside / beyond the training
-    length), for each position scheme.
-
-    Resumable job by job (module docstring): each position scheme is a unit, 'rope_copy/<scheme>' (its
-    training and its test accuracies, `_rope_unit`)."""
+def check_rope_config(config) -> None:
+    """Every key `run_rope` reads, checked in plain Python before anything is traced (ConfigError, a
+    ValueError naming the key)."""
     c = config
     _check_batch_sizes(c, batch_size=c.batch_size)
     for name in ("train_length", "lag", "vocab_size", "num_steps", "log_every", "eval_size"):
@@ -815,6 +882,21 @@ def run_rope(config, workdir: str) -> dict:
     for name in c.positions:
         if name not in POSITIONS:
             raise ValueError(f"`positions` entries must be in {POSITIONS}; got {name!r}")
+    check_int(c.seed, "seed", minimum=0)
+    _check_ints(c, ("d_model", "num_heads", "num_layers", "ffn_dim"))
+    _check_heads(c.d_model, c.num_heads, d_key="d_model", heads_key="num_heads", rope="rope" in c.positions)
+    check_positive(c.learning_rate, "learning_rate")
+
+
+def run_rope(config, workdir: str) -> dict:
+    """RoPE vs learned absolute positions on the lagged copy: trained at `train_length`, per-token copy
+    accuracy at every length of `test_lengths` (also split into positions inside / beyond the training
+    length), for each position scheme.
+
+    Resumable job by job (module docstring): each position scheme is a unit, 'rope_copy/<scheme>' (its
+    training and its test accuracies, `_rope_unit`)."""
+    c = config
+    check_rope_config(c)
     os.makedirs(workdir, exist_ok=True)
     store = UnitStore(workdir, c)
     results: dict[str, float] = {}

@@ -42,11 +42,12 @@ import optax
 
 from kexue_jax.attention.masks import masked_bidirectional_rnn, masked_max, masked_mean, padding_mask
 from kexue_jax.core import sharding
+from kexue_jax.core.config import check_int, check_positive, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitStore
 
 __all__ = ["VARIANTS", "POOLINGS", "make_sequences", "pad_to", "init_params", "logits_fn", "train",
-           "train_and_score", "run"]
+           "train_and_score", "check_config", "run"]
 
 VARIANTS = ("masked", "naive")
 POOLINGS = ("max", "mean")
@@ -108,14 +109,24 @@ def logits_fn(params, ids, *, variant: str, pooling: str = "max"):
     return feats @ params["out"]["w"] + params["out"]["b"][None, :]
 
 
-def _check(config):
+def check_config(config) -> None:
+    """Every key `run` reads, checked in plain Python before any data is generated or anything is traced
+    (a ValueError naming the key), the mesh and the batch split over it included."""
     for k in ("vocab", "min_len", "max_len", "train_len", "batch_size", "num_steps", "test_size"):
         v = config[k]
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"`{k}` must be a positive integer; got {v!r}")
+    require(config.vocab >= 2, "vocab", "an integer >= 2 (token ids 1..vocab-1; 0 is the padding)", config.vocab)
+    check_int(config.seed, "seed", minimum=0)
+    for k in ("num_classes", "embed", "hidden"):
+        check_int(config[k], k)
+    check_positive(config.learning_rate, "learning_rate")
     if config.max_len > config.train_len or config.min_len > config.max_len:
         raise ValueError(f"need 1 <= `min_len` <= `max_len` <= `train_len`; got {config.min_len}, "
                          f"{config.max_len}, {config.train_len}")
+    require(isinstance(config.test_lens, (tuple, list)) and len(config.test_lens) > 0
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in config.test_lens),
+            "test_lens", "a non-empty tuple of integers", config.test_lens)
     if min(config.test_lens) < config.max_len:
         raise ValueError(f"every `test_lens` entry must be >= `max_len` ({config.max_len}); got {config.test_lens}")
     for v in config.variants:
@@ -124,6 +135,7 @@ def _check(config):
     for v in config.poolings:
         if v not in POOLINGS:
             raise ValueError(f"`poolings` entries must be in {POOLINGS}; got {v!r}")
+    sharding.check_batch_size(config.batch_size, config.get("mesh"))
 
 
 def train(config, variant: str, mesh, pooling: str = "max") -> tuple[dict, np.ndarray]:
@@ -176,8 +188,7 @@ def run(config, workdir: str) -> dict:
 
     Resumable job by job (module docstring): one unit per model, 'train/<variant>_<pooling>'
     (`train_and_score`)."""
-    _check(config)
-    sharding.check_batch_size(config.batch_size, config.get("mesh"))
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     store = UnitStore(workdir, config)
     mesh = sharding.make_mesh(config.get("mesh"))

@@ -39,15 +39,16 @@ from flax import nnx
 
 from kexue_jax.attention import decoding
 from kexue_jax.attention.gpt import GPT, full_recompute_step_fn
-from kexue_jax.attention.chess import (check_batch_mesh, checkpoint_every, data_parallel_train_step,
+from kexue_jax.attention.chess import (check_batch_mesh, check_training_config, data_parallel_train_step,
                                       learning_rate_schedule, resumable_loop)
 from kexue_jax.core import sharding
+from kexue_jax.core.config import check_int, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.data import qa
 
 __all__ = ["vote", "extractive_allowed", "extractive_update", "normalize_text", "exact_match", "char_f1",
            "final_score", "no_answer_metrics", "make_vote_step", "answer_questions", "generator_kwargs",
-           "sequence_lengths", "seq2seq_loss", "train", "run"]
+           "sequence_lengths", "seq2seq_loss", "train", "check_config", "run"]
 
 TINY = 1e-12
 
@@ -296,14 +297,27 @@ def train(config, train_examples: list[dict], *, rng: np.random.Generator, write
     return nnx.merge(graphdef, jax.device_get(params)), losses
 
 
+def check_config(config) -> None:
+    """Every key `run` reads, checked in plain Python before the data is generated or anything is traced
+    (a ValueError naming the key): the training keys (`chess.check_training_config`), the data sizes, the
+    decoding keys, and the generator keys (one example is drawn from a throwaway rng, which runs
+    `qa.make_example`'s own checks)."""
+    check_training_config(config)
+    for key in ("num_train", "num_test", "beam_size", "max_answer", "decode_batch", "throughput_examples"):
+        check_int(config[key], key)
+    check_int(config.num_keys, "num_keys", minimum=2)  # a question's key plus at least one other fact key
+    nw = config.num_words
+    require(isinstance(nw, int) and not isinstance(nw, bool) and nw > config.num_keys, "num_words",
+            f"an integer > num_keys ({config.num_keys}): values and filler are drawn from the non-key words", nw)
+    qa.make_example(np.random.default_rng(0), **generator_kwargs(config))
+
+
 def run(config, workdir: str) -> dict:
     """Data -> training -> EM / F1 / Final, no-answer detection, vote vs single passage, generative
     decoding, cached vs recomputed decoding throughput; writes results.json."""
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     c = config
-    check_batch_mesh(c)
-    learning_rate_schedule(c)
-    checkpoint_every(c)
     t0 = time.time()
     rng = np.random.default_rng(c.seed)
     kw = generator_kwargs(c)

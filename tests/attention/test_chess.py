@@ -203,7 +203,7 @@ def test_player_only_plays_legal_moves(cchess, model):
     (lambda: chess.checkpoint_every(ml_collections.ConfigDict(dict(checkpoint_every=2.5, num_steps=10))),
      "`checkpoint_every` must be an int >= 1 (0 or None: only at the end); got 2.5"),
     (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=0.0, num_steps=10))),
-     "`learning_rate` must be a number > 0; got 0.0"),
+     "`learning_rate` must be a finite number > 0; got 0.0"),
     (lambda: chess.learning_rate_schedule(ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=-1,
                                                                          num_steps=10))),
      "`warmup_steps` must be an int >= 0; got -1"),
