@@ -29,3 +29,31 @@ def run_for_json(code: str, *, devices: int = 1, timeout: float = 240, marker: s
     and returns that object: the 1-vs-8-device comparisons of the runners with their own loops use it."""
     out = run_python(code, devices=devices, timeout=timeout).stdout
     return json.loads(out.split(marker, 1)[1])
+
+
+def set_dotted(config, key: str, value) -> None:
+    """config['a']['b'] = value for key 'a.b' (ConfigDicts and plain dicts alike)."""
+    *parents, leaf = key.split(".")
+    node = config
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+
+
+# Every XLA backend compilation of this process, as JAX reports it; the "config mistakes fail before anything
+# compiles" tests clear it before the call and assert it is still empty after.
+BACKEND_COMPILES: list[str] = []
+
+
+def _record_compile(event: str, duration: float, **kwargs) -> None:
+    if "backend_compile" in event:
+        BACKEND_COMPILES.append(event)
+
+
+def _register_compile_listener() -> None:
+    import jax
+
+    jax.monitoring.register_event_duration_secs_listener(_record_compile)
+
+
+_register_compile_listener()

@@ -12,16 +12,13 @@ import math
 import os
 import re
 
-import jax
 import pytest
 
 import experiments.main as M
 from experiments.reproduce import load_config
 from kexue_jax.attention import chess, experiments as ex, mask_experiments, unilm
 
-_compiles = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kw: _compiles.append(event) if "backend_compile" in event else None)
+from tests.helpers import BACKEND_COMPILES as _compiles, set_dotted as _set
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 NAN, INF = math.nan, math.inf
@@ -49,14 +46,6 @@ VARIANTS = {"xiangqi_gpt": (None, "smoke", "deep", "deep12", "long12")}  # other
 
 def _load(name, arg="smoke"):
     return load_config(os.path.join(REPO, "experiments", "attention", f"{name}.py"), arg)
-
-
-def _set(config, key, value):
-    *path, last = key.split(".")
-    node = config
-    for k in path:
-        node = node[k]
-    node[last] = value
 
 
 def _cases():

@@ -11,7 +11,6 @@ import math
 import os
 import re
 
-import jax
 import ml_collections
 import pytest
 from flax import nnx
@@ -25,9 +24,7 @@ from kexue_jax.flows import fvae as FV
 from kexue_jax.flows import iresnet as IR
 from kexue_jax.flows import train as FT
 
-_compiles = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kw: _compiles.append(event) if "backend_compile" in event else None)
+from tests.helpers import BACKEND_COMPILES as _compiles, set_dotted as _set
 
 
 def _int(key, value, minimum=1):
@@ -97,14 +94,6 @@ def _load(name_arg: str):
     name, colon, arg = name_arg.partition(":")
     return reproduce.load_config(os.path.join(reproduce.REPO, "experiments", "flows", f"{name}.py"),
                                  (arg or None) if colon else "smoke")
-
-
-def _set(config, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = config
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
 
 
 @pytest.mark.parametrize("name,key,value,message", CASES,

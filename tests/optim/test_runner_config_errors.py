@@ -9,7 +9,6 @@ shipped configs (every variant `get_config` accepts) must pass the runners' chec
 import math
 import re
 
-import jax
 import pytest
 
 import experiments.main as M
@@ -19,9 +18,7 @@ from kexue_jax.optim import ablation
 from kexue_jax.optim import dirac_gan_experiments
 from kexue_jax.optim import momentum_experiments
 
-_compiles = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kw: _compiles.append(event) if "backend_compile" in event else None)
+from tests.helpers import BACKEND_COMPILES as _compiles, set_dotted as _set
 
 NAN = math.nan
 CHECKS = {
@@ -34,14 +31,6 @@ CHECKS = {
 
 def _load(name, arg="smoke"):
   return reproduce.load_config(f"experiments/optim/{name}.py", arg)
-
-
-def _set(config, key, value):
-  *path, last = key.split(".")
-  node = config
-  for k in path:
-    node = node[k]
-  node[last] = value
 
 
 def _cases():

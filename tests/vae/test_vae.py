@@ -445,9 +445,7 @@ def test_bad_inputs(fn, message):
 
 # ---- evaluation keys and loss levels: checked before anything compiles ----
 
-_BACKEND_COMPILES = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kw: _BACKEND_COMPILES.append(event) if "backend_compile" in event else None)
+from tests.helpers import BACKEND_COMPILES as _BACKEND_COMPILES  # noqa: E402
 
 
 @pytest.mark.parametrize("path, key, value, message", [
