@@ -111,6 +111,8 @@ def validate_train_config(config: Any, *, num_devices: int) -> dict[str, Callabl
     clip = config.get("grad_clip_norm")
     if clip is not None:
         check_positive(clip, "grad_clip_norm")
+    if config.get("warmup_steps") is not None:  # checked even when the schedule does not read it
+        check_int(config.warmup_steps, "warmup_steps", minimum=0)
     schedule = config.get("lr_schedule", "constant")
     require(schedule in ("constant", "cosine", "warmup_cosine"), "lr_schedule",
             "one of 'constant', 'cosine', 'warmup_cosine'", schedule)

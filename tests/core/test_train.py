@@ -117,6 +117,7 @@ BAD_CONFIGS = [
     (dict(lr_schedule="warmup_cosine", warmup_steps=100, num_steps=40),
      r"`warmup_steps` must be an integer < num_steps \(40\) when lr_schedule='warmup_cosine'; got 100"),
     (dict(mesh=dict(data=3)), r"`mesh` must be axis sizes whose product equals the device count 1"),
+    (dict(lr_schedule="constant", warmup_steps=-1), r"`warmup_steps` must be an integer >= 0; got -1"),
 ]
 
 
