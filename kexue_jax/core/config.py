@@ -12,7 +12,8 @@ import math
 import numbers
 from typing import Any, Callable
 
-__all__ = ["ConfigError", "import_object", "require", "check_positive", "check_int", "validate_train_config"]
+__all__ = ["ConfigError", "import_object", "require", "check_positive", "check_int", "is_finite_real", "check_real",
+           "check_real_dict", "validate_train_config"]
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,30 @@ def _is_real(x: Any) -> bool:
 def check_positive(value: Any, key: str) -> None:
     """A finite real number > 0."""
     require(_is_real(value) and math.isfinite(value) and value > 0, key, "a finite number > 0", value)
+
+
+def is_finite_real(value: Any) -> bool:
+    """A finite real number (bools excluded)."""
+    return _is_real(value) and math.isfinite(value)
+
+
+def check_real(value: Any, key: str, expected: str, ok: Callable[[float], bool] = lambda x: True) -> None:
+    """A finite real number with ok(value); `expected` is the message's wording."""
+    require(is_finite_real(value) and ok(value), key, expected, value)
+
+
+def check_real_dict(value: Any, key: str, allowed: Any, expected: str, ok: Callable[[float], bool],
+                    what: str | None = None) -> dict:
+    """A dict whose keys are in `allowed` and whose every value passes `check_real` (named `key.<entry>`);
+    `what` describes the dict in the message (default: "a dict with keys from <allowed>")."""
+    what = what or f"a dict with keys from {allowed}"
+    require(hasattr(value, "keys"), key, what, value)
+    out = dict(value)
+    for k, v in out.items():
+        if k not in allowed:
+            raise ConfigError(f"`{key}` must be {what}; got a key {k!r}")
+        check_real(v, f"{key}.{k}", expected, ok)
+    return out
 
 
 def check_int(value: Any, key: str, *, minimum: int = 1) -> None:

@@ -57,7 +57,7 @@ import optax
 from kexue_jax.optim.exponentiated_gradient import eg_sgd, eg_step_size_adaptation
 from kexue_jax.optim.hypergradient import hypergradient_descent
 from kexue_jax.optim.stats import optimizer_stats
-from kexue_jax.core.config import ConfigError, check_int, require
+from kexue_jax.core.config import ConfigError, check_int, check_real, check_real_dict, is_finite_real, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitFault, UnitStore
 
@@ -617,15 +617,6 @@ def _gamma_key(name: str) -> str | None:
   return {"hd_sgd": "hd_additive", "hd_adam": "hd_multiplicative"}.get(name)
 
 
-def _is_real(x) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_real(value, key: str, expected: str, ok: Callable[[float], bool]) -> None:
-  """`value` must be a finite real number with ok(value); `expected` is the message's wording."""
-  require(_is_real(value) and ok(value), key, expected, value)
-
-
 def _check_name(name: str, key: str) -> None:
   """`name` must be an optimizer name `make_optimizer` accepts (built with γ = 0: names only)."""
   try:
@@ -648,7 +639,7 @@ def check_config(config) -> None:
   require(len(opts) > 0 and all(isinstance(o, str) for o in opts), "optimizers",
           "a non-empty list of optimizer names", opts)
   lrs = list(config.learning_rates)
-  if not lrs or not all(_is_real(v) and v > 0 for v in lrs):
+  if not lrs or not all(is_finite_real(v) and v > 0 for v in lrs):
     raise ConfigError(f"`learning_rates` must be a non-empty list of positive numbers; got {lrs!r}")
   seeds = list(config.seeds)
   if not seeds:
@@ -662,13 +653,7 @@ def check_config(config) -> None:
     check_int(config.compile_group, "compile_group")
 
   # γ per normalisation / rule: every entry finite >= 0 (the factories' range), every one read is set.
-  gammas = config.gammas
-  require(hasattr(gammas, "keys"), "gammas", f"a dict with keys from {_GAMMA_KEYS}", gammas)
-  gammas = dict(gammas)
-  for g, v in gammas.items():
-    if g not in _GAMMA_KEYS:
-      raise ConfigError(f"`gammas` must be a dict with keys from {_GAMMA_KEYS}; got a key {g!r}")
-    _check_real(v, f"gammas.{g}", "a finite number >= 0", lambda x: x >= 0)
+  gammas = check_real_dict(config.gammas, "gammas", _GAMMA_KEYS, "a finite number >= 0", lambda x: x >= 0)
   for o in opts:
     _check_name(o, "optimizers")
     g = _gamma_key(o)
@@ -681,28 +666,21 @@ def check_config(config) -> None:
       raise ConfigError(f"`{key}` must be a value optimizer {o!r} accepts ({e}); "
                         f"got {gammas.get(g) if g else o!r}") from None
 
-  targets = config.targets
-  require(hasattr(targets, "keys"), "targets", f"a dict of task name -> target loss, names from {TASKS}",
-          targets)
-  targets = dict(targets)
-  for t, v in targets.items():
-    if t not in TASKS:
-      raise ConfigError(f"`targets` must be a dict of task name -> target loss, names from {TASKS}; "
-                        f"got a key {t!r}")
-    _check_real(v, f"targets.{t}", "a finite number > 0 (a training loss to reach)", lambda x: x > 0)
+  targets = check_real_dict(config.targets, "targets", TASKS, "a finite number > 0 (a training loss to reach)",
+                            lambda x: x > 0, what=f"a dict of task name -> target loss, names from {TASKS}")
   for t in tasks:
     require(t in targets, f"targets.{t}", f"set (task {t!r} is in `tasks`)", "<missing>")
   if "quadratic" in tasks or "quadratic_kappa" in config:
-    _check_real(config.get("quadratic_kappa"), "quadratic_kappa", "a finite number >= 1 (a condition number)",
+    check_real(config.get("quadratic_kappa"), "quadratic_kappa", "a finite number >= 1 (a condition number)",
                 lambda x: x >= 1)
-  _check_real(config.divergence_factor, "divergence_factor",
+  check_real(config.divergence_factor, "divergence_factor",
               "a finite number >= 1 (a run diverged when its final loss > this × its initial loss)",
               lambda x: x >= 1)
   require(isinstance(config.headline, str), "headline", "an optimizer name such as 'eg_adam_both_mixed'",
           config.headline)
   _check_name(config.headline, "headline")
   require(config.trajectory_task in TASKS, "trajectory_task", f"one of {TASKS}", config.trajectory_task)
-  _check_real(config.trajectory_lr, "trajectory_lr", "a finite number > 0", lambda x: x > 0)
+  check_real(config.trajectory_lr, "trajectory_lr", "a finite number > 0", lambda x: x > 0)
 
   shift = config.get("shift")
   if shift:
@@ -713,8 +691,8 @@ def check_config(config) -> None:
         require(key in shift, f"shift.{key}", "set when shift.enabled", "<missing>")
       check_int(shift.num_steps, "shift.num_steps", minimum=2)  # labels change at num_steps // 2 >= 1
       check_int(shift.eval_every, "shift.eval_every")
-      _check_real(shift.lr, "shift.lr", "a finite number > 0", lambda x: x > 0)
-      _check_real(shift.level, "shift.level", "a finite number > 0 (a training loss to reach)",
+      check_real(shift.lr, "shift.lr", "a finite number > 0", lambda x: x > 0)
+      check_real(shift.level, "shift.level", "a finite number > 0 (a training loss to reach)",
                   lambda x: x > 0)
       parts = config.headline.split("_")
       require(len(parts) == 4 and parts[0] == "eg", "headline",

@@ -18,7 +18,6 @@ results equal an uninterrupted run's. Resuming with a different config is a Conf
 from __future__ import annotations
 
 import math
-import numbers
 import os
 
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ import numpy as np
 import optax
 
 from kexue_jax.optim.dirac_gan import dirac_gan_field, integrate_field, train_dirac_gan
-from kexue_jax.core.config import ConfigError, check_int, require
+from kexue_jax.core.config import ConfigError, check_int, check_real, check_real_dict, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitStore
 
@@ -43,12 +42,6 @@ REGULARISERS = ("none", "l2", "zero_gp", "consensus", "nk", "ema")
 
 
 WEIGHTS = ("l2", "zero_gp", "consensus", "nk")
-
-
-def _check_real(value, key: str, expected: str, ok) -> None:
-  """`value` must be a finite real number with ok(value); `expected` is the message's wording."""
-  good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
-  require(good, key, expected, value)
 
 
 def _check_names(config, key: str, choices) -> list[str]:
@@ -70,23 +63,17 @@ def check_config(config) -> None:
   variants = _check_names(config, "variants", tuple(VARIANTS))
   _check_names(config, "schemes", SCHEMES)
   regs = _check_names(config, "regularisers", REGULARISERS)
-  weights = config.weights
-  require(hasattr(weights, "keys"), "weights", f"a dict with keys from {WEIGHTS}", weights)
-  weights = dict(weights)
-  for name, w in weights.items():
-    if name not in WEIGHTS:
-      raise ConfigError(f"`weights` must be a dict with keys from {WEIGHTS}; got a key {name!r}")
-    _check_real(w, f"weights.{name}", "a finite number >= 0", lambda x: x >= 0)
+  weights = check_real_dict(config.weights, "weights", WEIGHTS, "a finite number >= 0", lambda x: x >= 0)
   for name in WEIGHTS:
     if name in regs:
       require(name in weights, f"weights.{name}", f"set (regulariser {name!r} is in `regularisers`)",
               "<missing>")
   if "gan_qp" in variants:
     require("l2" in weights, "weights.l2", "set (the ODE figure draws gan_qp + L2)", "<missing>")
-  _check_real(config.lr, "lr", "a finite number > 0", lambda x: x > 0)
+  check_real(config.lr, "lr", "a finite number > 0", lambda x: x > 0)
   check_int(config.num_steps, "num_steps")
-  _check_real(config.ema_decay, "ema_decay", "a number in [0, 1)", lambda x: 0 <= x < 1)
-  _check_real(config.ode_dt, "ode_dt", "a finite number > 0", lambda x: x > 0)
+  check_real(config.ema_decay, "ema_decay", "a number in [0, 1)", lambda x: 0 <= x < 1)
+  check_real(config.ode_dt, "ode_dt", "a finite number > 0", lambda x: x > 0)
   check_int(config.ode_steps, "ode_steps")
 
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kexue_jax.core.config import check_int, require
+from kexue_jax.core.config import check_int, check_real, is_finite_real, require
 from kexue_jax.core.metrics import write_results
 from kexue_jax.core.units import UnitStore
 from kexue_jax.optim.momentum_ode import momentum_schedule
@@ -247,20 +247,11 @@ def _plt():
   return plt
 
 
-def _is_real(x) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_real(value, key: str, expected: str, ok) -> None:
-  """`value` must be a finite real number with ok(value); `expected` is the message's wording."""
-  require(_is_real(value) and ok(value), key, expected, value)
-
-
 def _check_list(config, key: str, expected: str, ok) -> list:
   """config[key] must be a non-empty list whose every entry passes ok (reals are finite)."""
   values = config[key]
   good = isinstance(values, (list, tuple)) and len(values) > 0 and all(
-      _is_real(v) and ok(v) for v in values)
+      is_finite_real(v) and ok(v) for v in values)
   require(good, key, f"a non-empty list of {expected}", values)
   return list(values)
 
@@ -280,9 +271,9 @@ def check_config(config) -> None:
   _check_list(config, "alphas", "learning rates > 0", lambda x: x > 0)
   betas = _check_list(config, "betas", "momenta in [0, 1) including 0.0 (plain GD)", lambda x: 0 <= x < 1)
   require(0.0 in betas, "betas", "a non-empty list of momenta in [0, 1) including 0.0 (plain GD)", betas)
-  _check_real(config.show_alpha, "show_alpha", "a finite number > 0 (the nearest of `alphas` is shown)",
+  check_real(config.show_alpha, "show_alpha", "a finite number > 0 (the nearest of `alphas` is shown)",
               lambda x: x > 0)
-  _check_real(config.show_beta, "show_beta", "a number in [0, 1) (the nearest of `betas` is shown)",
+  check_real(config.show_beta, "show_beta", "a number in [0, 1) (the nearest of `betas` is shown)",
               lambda x: 0 <= x < 1)
   check_int(config.escape_steps, "escape_steps")
   # 2. κ scaling: λ log-spaced in [1, κ]; the slope is a fit of log(iterations) against log κ.
@@ -290,7 +281,7 @@ def check_config(config) -> None:
   require(len(set(kappas)) >= 2, "kappas", "a non-empty list of at least 2 distinct condition numbers >= 1",
           kappas)
   check_int(config.kappa_dim, "kappa_dim", minimum=2)  # λ spans [1, κ] only with 2 or more entries
-  _check_real(config.tol, "tol", "a number in (0, 1) (stop at ‖x‖ <= tol ‖x₀‖)", lambda x: 0 < x < 1)
+  check_real(config.tol, "tol", "a number in (0, 1) (stop at ‖x‖ <= tol ‖x₀‖)", lambda x: 0 < x < 1)
   check_int(config.max_iters, "max_iters")
   require(config.max_iters < 2 ** 31, "max_iters", "an integer < 2**31 (an int32 counter)", config.max_iters)
   # 3. β rule (skipped when beta_rule_steps is 0 / None).
@@ -301,21 +292,21 @@ def check_config(config) -> None:
     _check_list(config, "beta_rule_seeds", "integer seeds >= 0",
                 lambda x: isinstance(x, numbers.Integral) and x >= 0)
     check_int(config.beta_rule_batch, "beta_rule_batch")
-    _check_real(config.beta_rule_lr, "beta_rule_lr", "a finite number > 0", lambda x: x > 0)
-    _check_real(config.beta_rule_beta, "beta_rule_beta", "a number in [0, 1)", lambda x: 0 <= x < 1)
-    _check_real(config.beta_rule_decay, "beta_rule_decay",
+    check_real(config.beta_rule_lr, "beta_rule_lr", "a finite number > 0", lambda x: x > 0)
+    check_real(config.beta_rule_beta, "beta_rule_beta", "a number in [0, 1)", lambda x: 0 <= x < 1)
+    check_real(config.beta_rule_decay, "beta_rule_decay",
                 "a number in (0, 1] (the lr factor at mid-training; the rule's β = 1 − (1 − β₀)√r)",
                 lambda x: 0 < x <= 1)
     check_int(config.beta_rule_hidden, "beta_rule_hidden")
   # 4. temperature (skipped when temperature_time is 0 / None).
   if _enabled(config, "temperature_time"):
-    _check_real(config.temperature_time, "temperature_time",
+    check_real(config.temperature_time, "temperature_time",
                 "a finite number > 0 (the ODE time lr·steps), or 0 to skip the temperature study", lambda x: x > 0)
     lrs = _check_list(config, "temperature_lrs", "learning rates > 0", lambda x: x > 0)
     batches = _check_list(config, "temperature_batches", "integer batch sizes >= 1",
                           lambda x: isinstance(x, numbers.Integral) and x >= 1)
     check_int(config.temperature_chains, "temperature_chains", minimum=2)  # a variance across chains
-    _check_real(config.temperature_weight_decay, "temperature_weight_decay", "a finite number >= 0",
+    check_real(config.temperature_weight_decay, "temperature_weight_decay", "a finite number >= 0",
                 lambda x: x >= 0)
     for lr in lrs:
       require(round(config.temperature_time / lr) >= 1, "temperature_time",

@@ -224,3 +224,13 @@ def test_data_init_runs_on_a_fresh_start_only(tmp_path):
     resumed = train.train_and_evaluate(config, str(tmp_path / "b"))  # would differ if the init re-ran
     assert resumed["train/loss"] == straight["train/loss"]
     assert resumed["test/loss"] == straight["test/loss"]
+
+
+def test_check_real_dict_names_the_entry():
+    assert config_lib.check_real_dict({"a": 1.0}, "w", ("a", "b"), "a finite number >= 0", lambda x: x >= 0) == {"a": 1.0}
+    with pytest.raises(config_lib.ConfigError, match=r"`w.b` must be a finite number >= 0; got nan"):
+        config_lib.check_real_dict({"b": float("nan")}, "w", ("a", "b"), "a finite number >= 0", lambda x: x >= 0)
+    with pytest.raises(config_lib.ConfigError, match=r"`w` must be a dict with keys from \('a',\); got a key 'c'"):
+        config_lib.check_real_dict({"c": 1.0}, "w", ("a",), "a finite number", lambda x: True)
+    with pytest.raises(config_lib.ConfigError, match=r"`w` must be a dict with keys from"):
+        config_lib.check_real_dict(3.0, "w", ("a",), "a finite number", lambda x: True)
