@@ -50,8 +50,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from kexue_jax.samplers.common import (afs_direction, bcast, check_callable, check_choice, check_int,
-                                       counts_nfe, refine_sigmas, scan_steps, validate_sigmas, validate_x)
+from kexue_jax.samplers.common import (afs_direction, bcast, check_afs_mean, check_callable, check_choice,
+                                       check_int, counts_nfe, refine_sigmas, scan_steps, validate_sigmas, validate_x)
 from kexue_jax.samplers.dpm_solver import dpm_solver_pp_orders
 from kexue_jax.samplers.ipndm import ipndm_weights
 
@@ -179,21 +179,21 @@ def _nfe_amed(sigmas, *, afs=True, denoise_to_zero=False, **_):
     return 2 * (len(sigmas) - 1) - int(bool(afs)) + int(bool(denoise_to_zero))
 
 
-def _direction_and_features(den, x, sc, first_afs):
+def _direction_and_features(den, x, sc, first_afs, afs_mean=None):
     """The ODE direction d = (x − D(x, σ))/σ and the denoiser's bottleneck features h at σ = sc.
 
     With AFS on the first interval no evaluation is spent: d is the analytical first step and the
-    predictor sees zero features, as in the official code.
+    predictor sees zero features, as in the official code (afs_mean: see `afs_direction`).
     """
     if first_afs:
-        return afs_direction(x, sc), jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
+        return afs_direction(x, sc, afs_mean), jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
     d_raw, h = den(x, sc)
     return (x - d_raw) / sc, h
 
 
-def _amed_interval(den, g, x, sc, sn, i, first_afs):
+def _amed_interval(den, g, x, sc, sn, i, first_afs, afs_mean=None):
     """One AMED-Solver interval; returns (x_next, (r, c, a))."""
-    d, h = _direction_and_features(den, x, sc, first_afs)
+    d, h = _direction_and_features(den, x, sc, first_afs, afs_mean)
     r, c, a = g(h, sc, sn, i)
     plain = lambda y, s: den(y, s)[0]  # noqa: E731
     return amed_step(plain, x, sc, sn, d, r, c, a), (r, c, a)
@@ -201,7 +201,7 @@ def _amed_interval(den, g, x, sc, sn, i, first_afs):
 
 @counts_nfe(_nfe_amed)
 def sample_amed(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predictor, afs: bool = True,
-                has_aux: bool = False, denoise_to_zero: bool = False) -> jax.Array:
+                has_aux: bool = False, denoise_to_zero: bool = False, afs_mean=None) -> jax.Array:
     """AMED-Solver sampling.
 
     Args:
@@ -212,6 +212,7 @@ def sample_amed(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predictor, afs:
         key: unused. predictor: an `AMEDPredictor` (or any g(h, σ_cur, σ_next) -> (r, c, a)), or a tuple
             (r, c, a) of per-step arrays [N] (an oracle or a fixed setting).
         afs: analytical first step. has_aux: see denoise_fn. denoise_to_zero: finish with x = D(x, σ_N).
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = 2N − [afs] + [denoise_to_zero].
     """
@@ -219,6 +220,7 @@ def sample_amed(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predictor, afs:
     s = validate_sigmas(sigmas, allow_zero_end=False)
     x = validate_x(x_T)
     _check_predictor(predictor)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     dt = x.dtype
     sig = jnp.asarray(s, dt)
     den, plain, _ = _split_denoiser(denoise_fn, has_aux, x, sig[0], _feature_dim(predictor))
@@ -226,7 +228,7 @@ def sample_amed(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predictor, afs:
 
     def step(x, i, first_afs, last):
         del last
-        return _amed_interval(den, g, x, sig[i], sig[i + 1], i, first_afs)[0]
+        return _amed_interval(den, g, x, sig[i], sig[i + 1], i, first_afs, mean)[0]
 
     x = scan_steps(step, x, len(s) - 1, peel_first=bool(afs))
     return plain(x, sig[-1]) if denoise_to_zero else x
@@ -302,14 +304,15 @@ def _dpmpp_update(x, lead, hist_d, w, e, scale=None):
     return bcast(e, x) * x + (mix if scale is None else bcast(scale, x) * mix)
 
 
-def _plugin_interval(base, den, g, x, hist, sc, sn, i, coef, first_afs):
+def _plugin_interval(base, den, g, x, hist, sc, sn, i, coef, first_afs, afs_mean=None):
     """One AMED-Plugin interval σ_i → s_i → σ_{i+1}; returns (x_next, history, (r, c, a)).
 
-    coef: this interval's slice of `_plugin_coefficients`; hist: see `_plugin_history`.
+    coef: this interval's slice of `_plugin_coefficients`; hist: see `_plugin_history`; afs_mean: see
+    `afs_direction`.
     """
     if base == "ipndm":
         w1, w2 = coef
-        d, h = _direction_and_features(den, x, sc, first_afs)
+        d, h = _direction_and_features(den, x, sc, first_afs, afs_mean)
         r, c, a = g(h, sc, sn, i)
         s_mid = sn ** r * sc ** (1 - r)  # [b]
         sm = bcast(s_mid, x)
@@ -322,7 +325,7 @@ def _plugin_interval(base, den, g, x, hist, sc, sn, i, coef, first_afs):
     p1, p2 = coef
     hist_d, hist_lam = hist
     if first_afs:  # D = x − σ·x/√(1 + σ²), no evaluation, zero features (official dpm_pp_sampler)
-        d0 = x - sc * afs_direction(x, sc)
+        d0 = x - sc * afs_direction(x, sc, afs_mean)
         h = jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
     else:
         d0, h = den(x, sc)
@@ -351,7 +354,8 @@ def _check_fixed_r(base, predictor):
 @counts_nfe(_nfe_plugin)
 def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predictor, base: str = "ipndm",
                        max_order: int | None = None, afs: bool = False, has_aux: bool = False,
-                       denoise_to_zero: bool = False, lower_order_final: bool = True) -> jax.Array:
+                       denoise_to_zero: bool = False, lower_order_final: bool = True,
+                       afs_mean=None) -> jax.Array:
     """AMED-Plugin: the learned intermediate time of each interval inserted into iPNDM or DPM-Solver++.
 
     Interval i runs the base solver's sub-steps σ_i → s_i → σ_{i+1} with s_i = σ_{i+1}^r σ_i^{1−r}: sub-step
@@ -362,7 +366,8 @@ def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predicto
     Args: as `sample_amed`; base: 'ipndm' (the CIFAR-10 AMED-Plugin of the paper) or 'dpm_solver_pp' (2M/3M,
         the official latent-diffusion plugin); max_order: 1..4 for iPNDM (default 4), 1..3 for DPM-Solver++
         (default 3 = 3M); lower_order_final: DPM-Solver++ only, see `sample_dpm_solver_pp`. With base
-        'dpm_solver_pp' a fixed r must lie in the open interval (0, 1).
+        'dpm_solver_pp' a fixed r must lie in the open interval (0, 1). afs_mean: data mean for the analytical
+        first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = 2N − [afs] + [denoise_to_zero].
     """
@@ -373,6 +378,7 @@ def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predicto
     x = validate_x(x_T)
     _check_predictor(predictor)
     _check_fixed_r(base, predictor)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     dt = x.dtype
     n = len(s) - 1
     sig = jnp.asarray(s, dt)
@@ -385,7 +391,7 @@ def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predicto
         del last
         x, hist = carry
         x, hist, _ = _plugin_interval(base, den, g, x, hist, sig[i], sig[i + 1], i,
-                                      tuple(v[i] for v in coefs), first_afs)
+                                      tuple(v[i] for v in coefs), first_afs, mean)
         return x, hist
 
     x, _ = scan_steps(step, (x, _plugin_history(base, x)), n, peel_first=bool(afs))
@@ -420,29 +426,31 @@ def amed_teacher_trajectory(denoise_fn, x_T: jax.Array, sigmas, *, inserted: int
 STUDENTS = ("amed",) + PLUGIN_BASES
 
 
-def _student_interval(student, den, g, x, hist, sc, sn, i, coef, first_afs):
+def _student_interval(student, den, g, x, hist, sc, sn, i, coef, first_afs, afs_mean=None):
     """One student interval: AMED-Solver (history unused) or the AMED-Plugin on `student`."""
     if student == "amed":
-        out, rca = _amed_interval(den, g, x, sc, sn, i, first_afs)
+        out, rca = _amed_interval(den, g, x, sc, sn, i, first_afs, afs_mean)
         return out, hist, rca
-    return _plugin_interval(student, den, g, x, hist, sc, sn, i, coef, first_afs)
+    return _plugin_interval(student, den, g, x, hist, sc, sn, i, coef, first_afs, afs_mean)
 
 
 def amed_distillation_loss(predictor, denoise_fn, x_cur: jax.Array, x_target: jax.Array, sigma_cur, sigma_next,
                            *, first_afs: bool = False, has_aux: bool = False, step: int = 0,
                            student: str = "amed", history=None, num_steps: int | None = None,
-                           max_order: int | None = None, lower_order_final: bool = True):
+                           max_order: int | None = None, lower_order_final: bool = True, afs_mean=None):
     """Squared error of one student interval from the teacher point x_cur to the next teacher point.
 
     student: 'amed' (AMED-Solver) or a plugin base, 'ipndm' | 'dpm_solver_pp'. A plugin step carries the
     student's own history: pass history=None on interval 0 (`step` = 0) and the returned history after,
     num_steps = N (the plugin's order rule depends on the interval index and on N) and max_order /
-    lower_order_final as for `sample_amed_plugin`.
+    lower_order_final as for `sample_amed_plugin`. afs_mean: the data mean of the analytical first step when
+    first_afs (see `afs_direction`).
 
     Returns: (scalar mean over rows of Σ_dims (x' − x_target)², aux) with aux = (r, c, a), each [b], for
     'amed' and (r, c, a, history) for a plugin.
     """
     check_choice("student", student, STUDENTS)
+    mean = check_afs_mean(afs_mean, bool(first_afs), x_cur)
     den, _, _ = _split_denoiser(denoise_fn, has_aux, x_cur, sigma_cur, _feature_dim(predictor))
     coef = None
     if student != "amed":
@@ -456,7 +464,7 @@ def amed_distillation_loss(predictor, denoise_fn, x_cur: jax.Array, x_target: ja
     dt = x_cur.dtype
     out, history, rca = _student_interval(student, den, _as_callable(predictor), x_cur, history,
                                           jnp.asarray(sigma_cur, dt), jnp.asarray(sigma_next, dt), step, coef,
-                                          first_afs)
+                                          first_afs, mean)
     err = (out - x_target).reshape(x_cur.shape[0], -1)
     loss = jnp.mean(jnp.sum(err ** 2, axis=-1))
     return (loss, rca) if student == "amed" else (loss, rca + (history,))
@@ -465,7 +473,8 @@ def amed_distillation_loss(predictor, denoise_fn, x_cur: jax.Array, x_target: ja
 def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_T: Callable, *, key,
                          num_batches: int, inserted: int = 1, rho: float | None = 7.0,
                          learning_rate: float = 5e-3, afs: bool = True, has_aux: bool = False,
-                         student: str = "amed", max_order: int | None = None, lower_order_final: bool = True):
+                         student: str = "amed", max_order: int | None = None, lower_order_final: bool = True,
+                         afs_mean=None):
     """Distils `predictor` as the official `AMED_loss` / training loop does.
 
     For each batch x_T = sample_x_T(key_b): the Heun teacher trajectory on the refined grid; then for each
@@ -473,7 +482,8 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
     student = 'ipndm' | 'dpm_solver_pp', from the student's own (detached) previous output with its own
     history (d's, or D's and their λ's), as the official loop does for multistep students — its squared
     error to the teacher point at σ_{i+1}, and one Adam(lr, β = (0.9, 0.999)) step.
-    max_order / lower_order_final: as `sample_amed_plugin` (plugins only).
+    max_order / lower_order_final: as `sample_amed_plugin` (plugins only). afs_mean: the data mean of the
+    analytical first step (needs afs=True; see `afs_direction`); use the same value when sampling.
 
     Returns:
         (trained predictor, losses float [num_batches, N]).
@@ -482,6 +492,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
     check_callable("sample_x_T", sample_x_T)
     check_choice("student", student, STUDENTS)
     num_batches = check_int("num_batches", num_batches, 1, 1 << 30)
+    mean = check_afs_mean(afs_mean, bool(afs), jax.eval_shape(sample_x_T, key)) if afs_mean is not None else None
     max_order = _check_max_order(student, max_order) if student != "amed" else max_order
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"`learning_rate` must be a positive number; got {learning_rate!r}")
@@ -498,7 +509,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
             jnp.asarray(v[i], x.dtype if v.dtype.kind == "f" else v.dtype) for v in coefs)
         out, new_hist, _ = _student_interval(student, den, _as_callable(model), x, hist,
                                              jnp.asarray(s[i], x.dtype), jnp.asarray(s[i + 1], x.dtype), i,
-                                             coef, bool(afs) and i == 0)
+                                             coef, bool(afs) and i == 0, mean)
         err = (out - target).reshape(x.shape[0], -1)
         return jnp.mean(jnp.sum(err ** 2, axis=-1)), jax.lax.stop_gradient((out, new_hist))
 

@@ -34,7 +34,7 @@ import numpy as np
 
 __all__ = [
     "edm_sigmas", "logsnr_sigmas", "time_uniform_sigmas", "refine_sigmas", "nfe",
-    "afs_direction", "gaussian_denoiser", "gaussian_ode_solution", "mixture_denoiser",
+    "afs_direction", "check_afs_mean", "gaussian_denoiser", "gaussian_ode_solution", "mixture_denoiser",
 ]
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -160,16 +160,50 @@ def counts_nfe(count: Callable):
 
 
 # ------------------------------------------------------------------------------------- AFS and oracle
-def afs_direction(x: jax.Array, sigma) -> jax.Array:
+def afs_direction(x: jax.Array, sigma, mean: jax.Array | None = None) -> jax.Array:
     """The analytical first step (GENIE/AMED): d = x/√(1 + σ²) in place of (x − D(x, σ))/σ.
 
-    At σ_max the data term of x is negligible, D ≈ 0 for unit-scale data, so the exact slope x·σ/(1 + σ²)
-    tends to x/√(1 + σ²) (relative gap 1 − σ/√(1 + σ²) ~ 1/(2σ²)). Saves one NFE.
+    At σ_max the data term of x is negligible, D ≈ 0 for zero-mean unit-scale data, so the exact slope
+    x·σ/(1 + σ²) tends to x/√(1 + σ²) (relative gap 1 − σ/√(1 + σ²) ~ 1/(2σ²)). Saves one NFE.
+
+    mean: None (the paper's AFS) or the data mean μ, shape [1, ...] broadcastable to x (see `check_afs_mean`):
+    d = (x − μ)/√(1 + σ²). Ours, not the paper's: for data of mean μ, D(x, σ) → μ as σ grows, so the paper's
+    slope is off by μ/σ, which matters for data far from zero-mean (mnist in [−1, 1] has mean −0.73).
 
     References:
         https://kexue.fm/archives/9881; Dockhorn et al. 2022 (GENIE); Zhou et al. 2023 (AMED), code `afs`.
     """
-    return x / jnp.sqrt(1 + jnp.asarray(sigma, x.dtype) ** 2)
+    x_c = x if mean is None else x - mean
+    return x_c / jnp.sqrt(1 + jnp.asarray(sigma, x.dtype) ** 2)
+
+
+def check_afs_mean(afs_mean, afs: bool, x: jax.Array) -> jax.Array | None:
+    """Validates a sampler's `afs_mean` before anything compiles; returns None or μ as [1, *x.shape[1:]].
+
+    afs_mean: None (the paper's zero-mean AFS), a number, or an array of shape x.shape[1:] (one example, e.g.
+    the per-pixel data mean) or any shape broadcastable to it; finite. Only meaningful with afs=True.
+    """
+    if afs_mean is None:
+        return None
+    if not afs:
+        raise ValueError("`afs_mean` is the data mean used by the analytical first step; it needs afs=True, "
+                         f"got afs={afs!r} with afs_mean given")
+    if isinstance(afs_mean, bool):
+        raise ValueError(f"`afs_mean` must be None, a number or an array broadcastable to {x.shape[1:]}; "
+                         f"got {afs_mean!r}")
+    shape = tuple(np.shape(afs_mean))
+    try:
+        ok = len(shape) <= x.ndim - 1 and np.broadcast_shapes(shape, x.shape[1:]) == tuple(x.shape[1:])
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"`afs_mean` must be a number or an array broadcastable to one example's shape "
+                         f"{tuple(x.shape[1:])}; got shape {shape}")
+    if not isinstance(afs_mean, jax.core.Tracer):
+        values = np.asarray(afs_mean)
+        if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values)):
+            raise ValueError(f"`afs_mean` must hold finite real numbers; got {afs_mean!r}")
+    return jnp.broadcast_to(jnp.asarray(afs_mean, x.dtype), x.shape[1:])[None]
 
 
 def gaussian_denoiser(mu: jax.Array, s) -> DenoiseFn:
@@ -219,11 +253,12 @@ def scan_steps(step, x, n: int, *, peel_first: bool = False, peel_last: bool = F
 
 # ------------------------------------------------------------------------------ linear multistep runner
 def run_linear_multistep(denoise_fn: DenoiseFn, x: jax.Array, sigmas: np.ndarray, a: np.ndarray,
-                         b: np.ndarray, *, model: str, afs: bool) -> jax.Array:
+                         b: np.ndarray, *, model: str, afs: bool, afs_mean: jax.Array | None = None
+                         ) -> jax.Array:
     """x_{i+1} = a_i·x_i + Σ_k b_{i,k}·m_{i−k}, m = D (model='x0') or d = (x − D)/σ (model='d').
 
-    One denoiser call per step (none on step 0 with AFS). The history [K, ...] holds m_i, m_{i−1}, ...;
-    a: [N], b: [N, K] float64, cast to x's dtype.
+    One denoiser call per step (none on step 0 with AFS, whose data mean is afs_mean, see `afs_direction`).
+    The history [K, ...] holds m_i, m_{i−1}, ...; a: [N], b: [N, K] float64, cast to x's dtype.
     """
     n, k = b.shape
     dt = x.dtype
@@ -231,7 +266,7 @@ def run_linear_multistep(denoise_fn: DenoiseFn, x: jax.Array, sigmas: np.ndarray
 
     def model_out(x, sigma, first_afs):
         if first_afs:
-            d = afs_direction(x, sigma)
+            d = afs_direction(x, sigma, afs_mean)
             return d if model == "d" else x - sigma * d
         den = denoise_fn(x, sigma)
         return (x - den) / sigma if model == "d" else den

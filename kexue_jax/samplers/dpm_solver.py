@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kexue_jax.samplers.common import (afs_direction, check_int, counts_nfe, run_linear_multistep,
+from kexue_jax.samplers.common import (afs_direction, check_afs_mean, check_int, counts_nfe, run_linear_multistep,
                                        scan_steps, validate_sigmas, validate_x)
 
 __all__ = ["ORDER", "sample_dpm_solver_2", "sample_dpm_solver_pp", "dpm_solver_pp_coefficients",
@@ -45,12 +45,13 @@ def _nfe_2(sigmas, *, afs=False, **_):
 
 @counts_nfe(_nfe_2)
 def sample_dpm_solver_2(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = False,
-                        r: float = 0.5) -> jax.Array:
+                        r: float = 0.5, afs_mean=None) -> jax.Array:
     """Singlestep DPM-Solver-2 (2 NFE per step; a last step to σ = 0 is Euler).
 
     Args:
         denoise_fn: D(x [b, ...], σ) -> [b, ...]; x_T: [b, ...] at sigmas[0]; sigmas: [N+1] decreasing.
         key: unused. afs: analytical first slope. r: position of the intermediate point in log σ, (0, 1].
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = 2N − [σ_N = 0] − [afs].
     """
@@ -59,6 +60,7 @@ def sample_dpm_solver_2(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bo
     x = validate_x(x_T)
     if not (np.isfinite(r) and 0 < r <= 1):
         raise ValueError(f"`r` must be in (0, 1]; got {r!r}")
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     dt = x.dtype
     sig = jnp.asarray(s, dt)
     mid = jnp.asarray(np.where(s[1:] > 0, s[:-1] ** (1 - r) * np.maximum(s[1:], 1e-300) ** r, 0.0), dt)
@@ -66,7 +68,7 @@ def sample_dpm_solver_2(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bo
 
     def step(x, i, first_afs, last_euler):
         sc, sn, sm = sig[i], sig[i + 1], mid[i]
-        d = afs_direction(x, sc) if first_afs else (x - denoise_fn(x, sc)) / sc
+        d = afs_direction(x, sc, mean) if first_afs else (x - denoise_fn(x, sc)) / sc
         if last_euler:
             return x + (sn - sc) * d
         u = x + (sm - sc) * d
@@ -132,7 +134,7 @@ def _nfe_pp(sigmas, *, afs=False, **_):
 @counts_nfe(_nfe_pp)
 def sample_dpm_solver_pp(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order: int = 2,
                          afs: bool = False, lower_order_final: bool = True,
-                         exact_third_order: bool = False) -> jax.Array:
+                         exact_third_order: bool = False, afs_mean=None) -> jax.Array:
     """Multistep DPM-Solver++ (order 2 = 2M, 3 = 3M) in data-prediction form, 1 NFE per step.
 
     Args:
@@ -141,6 +143,7 @@ def sample_dpm_solver_pp(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order:
         key: unused. order: 1, 2 or 3. afs: the first D is x − σ·x/√(1 + σ²) (no evaluation).
         lower_order_final: lower the order over the last steps when N < 10 (Lu et al.).
         exact_third_order: double the canonical 3M's D2 (see `dpm_solver_pp_coefficients`).
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = N − [afs].
     """
@@ -148,5 +151,6 @@ def sample_dpm_solver_pp(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order:
     order = check_int("order", order, 1, 3)
     s = validate_sigmas(sigmas)
     x = validate_x(x_T)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     a, b = dpm_solver_pp_coefficients(s, order, lower_order_final, exact_third_order)
-    return run_linear_multistep(denoise_fn, x, s, a, b, model="x0", afs=bool(afs))
+    return run_linear_multistep(denoise_fn, x, s, a, b, model="x0", afs=bool(afs), afs_mean=mean)

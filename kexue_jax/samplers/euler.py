@@ -13,19 +13,19 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from kexue_jax.samplers.common import counts_nfe, run_linear_multistep, validate_sigmas, validate_x
+from kexue_jax.samplers.common import check_afs_mean, counts_nfe, run_linear_multistep, validate_sigmas, validate_x
 
 __all__ = ["ORDER", "sample_euler", "sample_ddim"]
 
 ORDER = 1
 
 
-def _nfe(sigmas, *, afs=False):
+def _nfe(sigmas, *, afs=False, **_):
     return len(sigmas) - 1 - int(bool(afs))
 
 
 @counts_nfe(_nfe)
-def sample_euler(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = False) -> jax.Array:
+def sample_euler(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = False, afs_mean=None) -> jax.Array:
     """Euler/DDIM sampling of dx/dσ = (x − D(x, σ))/σ along `sigmas`.
 
     Args:
@@ -34,15 +34,17 @@ def sample_euler(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = Fa
         sigmas: [N+1] decreasing grid; may end at 0.
         key: unused (deterministic sampler); accepted for the common signature.
         afs: replace the first slope by the analytical x/√(1 + σ²) (saves one NFE).
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...] the sample at sigmas[-1]. NFE = N (N − 1 with AFS).
     """
     del key
     s = validate_sigmas(sigmas)
     x = validate_x(x_T)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     a = np.ones(len(s) - 1)
     b = (s[1:] - s[:-1])[:, None]
-    return run_linear_multistep(denoise_fn, x, s, a, b, model="d", afs=bool(afs))
+    return run_linear_multistep(denoise_fn, x, s, a, b, model="d", afs=bool(afs), afs_mean=mean)
 
 
 sample_ddim = sample_euler

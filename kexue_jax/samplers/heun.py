@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kexue_jax.samplers.common import (afs_direction, counts_nfe, row_keys, row_normal, scan_steps,
+from kexue_jax.samplers.common import (afs_direction, check_afs_mean, counts_nfe, row_keys, row_normal, scan_steps,
                                        validate_sigmas, validate_x)
 
 __all__ = ["ORDER", "sample_heun"]
@@ -38,7 +38,8 @@ def _check_churn(s_churn, s_min, s_max, s_noise):
 
 @counts_nfe(_nfe)
 def sample_heun(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = False, s_churn: float = 0.0,
-                s_min: float = 0.0, s_max: float = float("inf"), s_noise: float = 1.0) -> jax.Array:
+                s_min: float = 0.0, s_max: float = float("inf"), s_noise: float = 1.0,
+                afs_mean=None) -> jax.Array:
     """Heun (trapezoidal predictor–corrector) sampling of dx/dσ = (x − D(x, σ))/σ.
 
     Args:
@@ -48,12 +49,14 @@ def sample_heun(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = Fal
         key: required when s_churn > 0: one key (row i uses fold_in(key, i)) or a batch [b] of keys.
         afs: analytical first slope x/√(1 + σ²) (saves one NFE).
         s_churn, s_min, s_max, s_noise: EDM's stochasticity (s_churn = 0: deterministic ODE solver).
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = 2N − [σ_N = 0] − [afs].
     """
     s = validate_sigmas(sigmas)
     x = validate_x(x_T)
     _check_churn(s_churn, s_min, s_max, s_noise)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     n = len(s) - 1
     gamma = np.where((s[:-1] >= s_min) & (s[:-1] <= s_max), min(s_churn / n, np.sqrt(2) - 1), 0.0)
     stochastic = s_churn > 0
@@ -67,7 +70,7 @@ def sample_heun(denoise_fn, x_T: jax.Array, sigmas, *, key=None, afs: bool = Fal
         sh, sn = sig_hat[i], sig[i + 1]
         if stochastic:
             x = x + up[i] * row_normal(keys, i, x.shape[1:], dt)
-        d = afs_direction(x, sh) if first_afs else (x - denoise_fn(x, sh)) / sh
+        d = afs_direction(x, sh, mean) if first_afs else (x - denoise_fn(x, sh)) / sh
         x_pred = x + (sn - sh) * d
         if last_euler:
             return x_pred

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from kexue_jax.samplers.common import (check_int, counts_nfe, run_linear_multistep, validate_sigmas,
+from kexue_jax.samplers.common import (check_afs_mean, check_int, counts_nfe, run_linear_multistep, validate_sigmas,
                                        validate_x)
 
 __all__ = ["ORDER", "AB_WEIGHTS", "sample_ipndm", "ipndm_coefficients"]
@@ -55,12 +55,13 @@ def _nfe(sigmas, *, afs=False, **_):
 
 @counts_nfe(_nfe)
 def sample_ipndm(denoise_fn, x_T: jax.Array, sigmas, *, key=None, max_order: int = 4,
-                 afs: bool = False) -> jax.Array:
+                 afs: bool = False, afs_mean=None) -> jax.Array:
     """iPNDM sampling (1 NFE per step).
 
     Args:
         denoise_fn: D(x [b, ...], σ) -> [b, ...]; x_T: [b, ...] at sigmas[0]; sigmas: [N+1] decreasing, may
             end at 0. key: unused. max_order: 1..4. afs: analytical first slope.
+            afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = N − [afs].
     """
@@ -68,5 +69,6 @@ def sample_ipndm(denoise_fn, x_T: jax.Array, sigmas, *, key=None, max_order: int
     max_order = check_int("max_order", max_order, 1, 4)
     s = validate_sigmas(sigmas)
     x = validate_x(x_T)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     a, b = ipndm_coefficients(s, max_order)
-    return run_linear_multistep(denoise_fn, x, s, a, b, model="d", afs=bool(afs))
+    return run_linear_multistep(denoise_fn, x, s, a, b, model="d", afs=bool(afs), afs_mean=mean)
