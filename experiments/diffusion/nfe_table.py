@@ -54,9 +54,11 @@ def get_config(arg=None):
     config.loss_kwargs = dict(sigma_data=0.5, levels=256 if mnist else 17)
     config.evaluate = "kexue_jax.diffusion.nfe_table.evaluate"
     # tuples, so that `--config.sampler_names="('amed',)"` can select rows on the command line
-    config.sampler_names = ("ddim", "dpm_solver_pp_3m", "ipndm", "amed") if smoke else (
+    # The last three rows are ours (AFS with the data mean, `samplers.afs_direction`), beside the paper's.
+    config.sampler_names = ("ddim", "dpm_solver_pp_3m", "ipndm", "amed", "amed_plugin_afs_mean") if smoke else (
         "ddim", "heun", "dpm_solver_2", "dpm_solver_pp_3m", "ipndm", "unipc", "deis", "amed", "amed_plugin",
-        "amed_plugin_afs", "amed_plugin_r05", "amed_plugin_afs_r05")
+        "amed_plugin_afs", "amed_plugin_r05", "amed_plugin_afs_r05", "amed_afs_mean", "amed_plugin_afs_mean",
+        "amed_plugin_afs_mean_r05")
     config.nfe_list = (5,) if smoke else (3, 4, 5, 6, 8, 10)
     config.sigma_min = 0.002
     config.sigma_max = 80.0

@@ -45,6 +45,12 @@ SAMPLERS = {
     # its geometric midpoints inserted. What the learned predictor adds is the gap to these rows.
     "amed_plugin_r05": ("sample_amed_plugin", {}, "polynomial", 7.0),
     "amed_plugin_afs_r05": ("sample_amed_plugin", {"afs": True}, "polynomial", 7.0),
+    # Ours, not the paper's: AFS with the data mean, d = (x − μ)/√(1 + σ²) (`samplers.afs_direction`), μ the
+    # per-pixel mean of the training images in model space. The paper's AFS assumes zero-mean data; mnist in
+    # [−1, 1] has mean −0.73, digits −0.37 (CIFAR-10 about −0.05).
+    "amed_afs_mean": ("sample_amed", {"afs": True, "afs_mean": "data"}, "time_uniform", 1.0),
+    "amed_plugin_afs_mean": ("sample_amed_plugin", {"afs": True, "afs_mean": "data"}, "polynomial", 7.0),
+    "amed_plugin_afs_mean_r05": ("sample_amed_plugin", {"afs": True, "afs_mean": "data"}, "polynomial", 7.0),
 }
 
 
@@ -80,6 +86,9 @@ def evaluate(model, dataset, *, key, config, workdir):
     x_T = sigma_max * jax.random.normal(jax.random.fold_in(key, 0), (n, *shape), jnp.float32)
     train = data_lib.load(config.dataset, "train", data_dir=config.get("data_dir"))
     classifier = metrics.train_classifier(train, steps=int(config.classifier_steps), seed=config.seed)
+    # μ for the "afs_mean": "data" rows: the mean training image in model space (dequantised, [−1, 1])
+    data_mean = jnp.asarray(2.0 * (np.asarray(train.arrays["image"], np.float64).mean(0) + 0.5) / levels - 1.0,
+                            jnp.float32)
 
     def denoisers(state):
         m = nnx.merge(graphdef, state)
@@ -116,6 +125,8 @@ def evaluate(model, dataset, *, key, config, workdir):
     grids = {}
     for name in config.sampler_names:
         attr, opts, kind, rho = SAMPLERS[name]
+        if opts.get("afs_mean") == "data":
+            opts = dict(opts, afs_mean=data_mean)
         fn = getattr(samplers, attr)
         for target in config.nfe_list:
             extra = dict(opts)
@@ -133,16 +144,17 @@ def evaluate(model, dataset, *, key, config, workdir):
                 x = jax.jit(lambda s, x: fn(denoisers(s)[0], x, sig, **dict(opts, predictor=(0.5 * ones, ones, ones)))
                             )(state, x_T)
             elif name.startswith("amed"):
-                pred = samplers.AMEDPredictor(feature_dim, scale_dir=0.01, scale_time=0.0 if name == "amed" else 0.2,
+                solver = attr == "sample_amed"  # AMED-Solver; else the plugin on iPNDM
+                pred = samplers.AMEDPredictor(feature_dim, scale_dir=0.01, scale_time=0.0 if solver else 0.2,
                                               rngs=nnx.Rngs(config.seed))
                 den_aux = denoisers(state)[1]
                 bsz = int(config.amed_batch_size)
                 pred, _ = samplers.train_amed_predictor(
                     pred, den_aux, sig, lambda k: sigma_max * jax.random.normal(k, (bsz, *shape), jnp.float32),
                     key=jax.random.fold_in(key, 1000 + target), num_batches=int(config.amed_num_batches),
-                    inserted=1 if name == "amed" else config.get("amed_plugin_inserted", 2), has_aux=True,
-                    afs=extra.get("afs", False),
-                    student="amed" if name == "amed" else "ipndm")
+                    inserted=1 if solver else config.get("amed_plugin_inserted", 2), has_aux=True,
+                    afs=extra.get("afs", False), afs_mean=extra.get("afs_mean"),
+                    student="amed" if solver else "ipndm")
                 extra = dict(opts, predictor=pred)
                 pg, pstate = nnx.split(pred)
                 x = jax.jit(lambda s, ps, x: fn(denoisers(s)[1], x, sig, has_aux=True,

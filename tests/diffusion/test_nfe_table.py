@@ -30,7 +30,9 @@ def test_heun_even_nfe_ends_at_sigma_min():
 
 
 @pytest.mark.parametrize("name, afs", [("amed", True), ("amed_plugin", False), ("amed_plugin_afs", True),
-                                       ("amed_plugin_r05", False), ("amed_plugin_afs_r05", True)])
+                                       ("amed_plugin_r05", False), ("amed_plugin_afs_r05", True),
+                                       ("amed_afs_mean", True), ("amed_plugin_afs_mean", True),
+                                       ("amed_plugin_afs_mean_r05", True)])
 def test_amed_grids_nfe_parity(name, afs):
     """AMED spends 2 evaluations per step, AFS saves the first: with AFS the grids have the paper's odd NFE
     (3, 5, ...: 2N − 1 for N steps), without it the even ones only (the plugin row of the NFE-4/6/8/10 cells)."""
