@@ -15,6 +15,9 @@ CPU, training 5126 s): at NFE 5, AMED-Solver 28.1 < iPNDM 31.6 < DEIS 39.7 < Uni
 AMED-Plugin with AFS (`amed_plugin_afs`, the paper's odd-NFE protocol) and the r = ½ controls without
 distillation (`*_r05`) were added after those runs and evaluated on the same checkpoints (commands in the two
 results files): at NFE 5 the plugin is below DDIM only (digits 11.9, mnist5k 45.5), best at NFE 3 on digits.
+The `*_afs_mean` rows (ours: AFS with the per-pixel data mean, `samplers.afs_direction`; the paper's AFS assumes
+zero-mean data) were evaluated the same way: at NFE 5, mnist5k AMED-Solver 12.0 and plugin 36.6, digits plugin
+5.22 (results/nfe_table_*.md, section "AFS with the data mean").
 
 Setup: the author's U-Net with a sinusoidal noise-label embedding, EDM-preconditioned (σ_d = 0.5) and trained
 with the EDM loss on dequantised digits in [−1, 1]; then `kexue_jax.diffusion.nfe_table.evaluate` samples 500
