@@ -69,6 +69,7 @@ def get_config(arg=None):
     config.classifier_steps = 20 if smoke else 2000
     config.amed_num_batches = 1 if smoke else 40
     config.amed_plugin_inserted = 2  # M, the teacher's inserted steps per interval for the plugin (official: 2)
+    config.amed_plugin_teacher = "heun"  # or 'ipndm', the official CIFAR-10 plugin teacher (launch.sh)
     config.amed_batch_size = 8 if smoke else 64
     config.optimizer = "optax.adam"
     config.optimizer_kwargs = {}

@@ -154,7 +154,8 @@ def evaluate(model, dataset, *, key, config, workdir):
                     key=jax.random.fold_in(key, 1000 + target), num_batches=int(config.amed_num_batches),
                     inserted=1 if solver else config.get("amed_plugin_inserted", 2), has_aux=True,
                     afs=extra.get("afs", False), afs_mean=extra.get("afs_mean"),
-                    student="amed" if solver else "ipndm")
+                    student="amed" if solver else "ipndm",
+                    teacher="heun" if solver else config.get("amed_plugin_teacher", "heun"))
                 extra = dict(opts, predictor=pred)
                 pg, pstate = nnx.split(pred)
                 x = jax.jit(lambda s, ps, x: fn(denoisers(s)[1], x, sig, has_aux=True,
@@ -189,6 +190,7 @@ def evaluate(model, dataset, *, key, config, workdir):
 def check_config(config) -> None:
     """The keys only `evaluate` reads, checked by the shared trainer with the rest of the config before training
     (a typo in `sampler_names` would otherwise surface after hours of training)."""
+    from kexue_jax import samplers
     from kexue_jax.core.config import check_int, check_positive, require
 
     names = config.get("sampler_names")
@@ -210,6 +212,8 @@ def check_config(config) -> None:
         check_int(config.get("amed_num_batches"), "amed_num_batches")
         check_int(config.get("amed_batch_size"), "amed_batch_size")
         check_int(config.get("amed_plugin_inserted", 2), "amed_plugin_inserted")
+        teacher = config.get("amed_plugin_teacher", "heun")
+        require(teacher in samplers.TEACHERS, "amed_plugin_teacher", f"one of {samplers.TEACHERS}", teacher)
     sigma_data = (config.get("loss_kwargs") or {}).get("sigma_data", 0.5)
     check_positive(sigma_data, "loss_kwargs.sigma_data")
 

@@ -16,9 +16,10 @@ AFS saves one: N steps cost 2N − [afs] (+1 for `denoise_to_zero`).
 The predictor (official `AMED_predictor`): pooled bottleneck features h [b, f] → Linear(f, 128) → SiLU →
 Linear(128, 4); σ_cur and σ_next → 8-channel positional embedding (sin/cos swapped) → shared Linear(8, 8)
 (Xavier-uniform) → SiLU; concat (4 + 16) → sigmoid heads for r, c, a. Features are zeros on an AFS step. It
-is trained by distillation: the teacher is Heun on the student grid with M points inserted per interval; each
-student step regresses the next teacher point (Adam, lr 5e-3), starting from the teacher point for AMED-Solver
-and from the student's own previous output for a multistep plugin (as the official training loop).
+is trained by distillation: the teacher is Heun (or iPNDM, the official CIFAR-10 plugin setting) on the student
+grid with M points inserted per interval; each student step regresses the next teacher point (Adam, lr 5e-3),
+starting from the teacher point for AMED-Solver and from the student's own previous output for a multistep
+plugin (as the official training loop).
 
 AMED-Plugin (official `ipndm_sampler` / `dpm_pp_sampler` with a predictor): the learned s is inserted as an
 extra time into the base solver's grid, the history runs through both sub-steps, the denoiser of the second
@@ -51,13 +52,14 @@ import optax
 from flax import nnx
 
 from kexue_jax.samplers.common import (afs_direction, bcast, check_afs_mean, check_callable, check_choice,
-                                       check_int, counts_nfe, refine_sigmas, scan_steps, validate_sigmas, validate_x)
+                                       check_int, counts_nfe, refine_sigmas, run_linear_multistep, scan_steps,
+                                       validate_sigmas, validate_x)
 from kexue_jax.samplers.dpm_solver import dpm_solver_pp_orders
-from kexue_jax.samplers.ipndm import ipndm_weights
+from kexue_jax.samplers.ipndm import ipndm_coefficients, ipndm_weights
 
 __all__ = ["ORDER", "amed_step", "afs_direction", "AMEDPredictor", "sample_amed", "sample_amed_plugin",
            "amed_teacher_trajectory", "amed_distillation_loss", "train_amed_predictor", "PLUGIN_BASES",
-           "STUDENTS"]
+           "STUDENTS", "TEACHERS"]
 
 # With r = ½, c = a = 1 the step is the geometric-midpoint rule, second order; a learned r trades the
 # asymptotic order for accuracy at a fixed small NFE.
@@ -399,17 +401,28 @@ def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predicto
 
 
 # ------------------------------------------------------------------------------------------- distillation
+TEACHERS = ("heun", "ipndm")
+
+
 def amed_teacher_trajectory(denoise_fn, x_T: jax.Array, sigmas, *, inserted: int = 1, rho: float | None = 7.0,
-                            has_aux: bool = False) -> jax.Array:
-    """Heun (no AFS) on `sigmas` refined with M = `inserted` points per interval; states at the student σ's.
+                            has_aux: bool = False, teacher: str = "heun", max_order: int = 4) -> jax.Array:
+    """The teacher on `sigmas` refined with M = `inserted` points per interval; its states at the student σ's.
+
+    teacher: 'heun' (no AFS; the official teacher of AMED-Solver) or 'ipndm' (iPNDM with `max_order`, no AFS;
+    the official launch.sh teacher of the CIFAR-10 AMED-Plugin on iPNDM, `--sampler_tea=ipndm`).
 
     Returns: [N+1, b, ...], element i the teacher state at sigmas[i] (element 0 is x_T).
     """
+    check_choice("teacher", teacher, TEACHERS)
     s = validate_sigmas(sigmas, allow_zero_end=False)
     x = validate_x(x_T)
     fine = refine_sigmas(s, inserted, rho)
     dt = x.dtype
     plain = (lambda y, t: denoise_fn(y, t)[0]) if has_aux else denoise_fn
+    if teacher == "ipndm":
+        a, b = ipndm_coefficients(fine, check_int("max_order", max_order, 1, 4))
+        traj = run_linear_multistep(plain, x, fine, a, b, model="d", afs=False, return_trajectory=True)
+        return jnp.concatenate([x[None], traj[inserted::inserted + 1]], axis=0)
     pairs = jnp.asarray(np.stack([fine[:-1], fine[1:]], axis=1), dt)  # [N_fine, 2]
 
     def body(x, p):
@@ -474,16 +487,18 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
                          num_batches: int, inserted: int = 1, rho: float | None = 7.0,
                          learning_rate: float = 5e-3, afs: bool = True, has_aux: bool = False,
                          student: str = "amed", max_order: int | None = None, lower_order_final: bool = True,
-                         afs_mean=None):
+                         afs_mean=None, teacher: str = "heun"):
     """Distils `predictor` as the official `AMED_loss` / training loop does.
 
-    For each batch x_T = sample_x_T(key_b): the Heun teacher trajectory on the refined grid; then for each
+    For each batch x_T = sample_x_T(key_b): the teacher trajectory on the refined grid; then for each
     student interval i: one student step from the teacher point at σ_i (AMED-Solver) — or, for the plugin on
     student = 'ipndm' | 'dpm_solver_pp', from the student's own (detached) previous output with its own
     history (d's, or D's and their λ's), as the official loop does for multistep students — its squared
     error to the teacher point at σ_{i+1}, and one Adam(lr, β = (0.9, 0.999)) step.
     max_order / lower_order_final: as `sample_amed_plugin` (plugins only). afs_mean: the data mean of the
     analytical first step (needs afs=True; see `afs_direction`); use the same value when sampling.
+    teacher: 'heun' (default) or 'ipndm' (the official CIFAR-10 plugin setting), see `amed_teacher_trajectory`;
+    an iPNDM teacher uses the student's max_order (4 when the student is AMED-Solver).
 
     Returns:
         (trained predictor, losses float [num_batches, N]).
@@ -491,6 +506,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
     s = validate_sigmas(sigmas, allow_zero_end=False)
     check_callable("sample_x_T", sample_x_T)
     check_choice("student", student, STUDENTS)
+    check_choice("teacher", teacher, TEACHERS)
     num_batches = check_int("num_batches", num_batches, 1, 1 << 30)
     mean = check_afs_mean(afs_mean, bool(afs), jax.eval_shape(sample_x_T, key)) if afs_mean is not None else None
     max_order = _check_max_order(student, max_order) if student != "amed" else max_order
@@ -516,7 +532,8 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
     def batch_update(params, opt_state, k):
         x_T = sample_x_T(k)
         teacher = jax.lax.stop_gradient(amed_teacher_trajectory(
-            denoise_fn, x_T, s, inserted=inserted, rho=rho, has_aux=has_aux))
+            denoise_fn, x_T, s, inserted=inserted, rho=rho, has_aux=has_aux, teacher=teacher,
+            max_order=4 if max_order is None else max_order))
         hist = _plugin_history(student, x_T) if student != "amed" else ()
         x, losses = teacher[0], []
         for i in range(n):  # N is small (3-5); each interval has its own static AFS flag and weights

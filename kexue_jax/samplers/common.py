@@ -253,12 +253,13 @@ def scan_steps(step, x, n: int, *, peel_first: bool = False, peel_last: bool = F
 
 # ------------------------------------------------------------------------------ linear multistep runner
 def run_linear_multistep(denoise_fn: DenoiseFn, x: jax.Array, sigmas: np.ndarray, a: np.ndarray,
-                         b: np.ndarray, *, model: str, afs: bool, afs_mean: jax.Array | None = None
-                         ) -> jax.Array:
+                         b: np.ndarray, *, model: str, afs: bool, afs_mean: jax.Array | None = None,
+                         return_trajectory: bool = False) -> jax.Array:
     """x_{i+1} = a_i·x_i + Σ_k b_{i,k}·m_{i−k}, m = D (model='x0') or d = (x − D)/σ (model='d').
 
     One denoiser call per step (none on step 0 with AFS, whose data mean is afs_mean, see `afs_direction`).
     The history [K, ...] holds m_i, m_{i−1}, ...; a: [N], b: [N, K] float64, cast to x's dtype.
+    Returns x_N, or with return_trajectory every state [N, b, ...] (element i is x_{i+1}).
     """
     n, k = b.shape
     dt = x.dtype
@@ -279,16 +280,17 @@ def run_linear_multistep(denoise_fn: DenoiseFn, x: jax.Array, sigmas: np.ndarray
         return jnp.concatenate([m[None], hist[:-1]], axis=0)
 
     hist = jnp.zeros((k,) + x.shape, dt)
-    start = 0
+    start, first = 0, []
     if afs:
         hist = push(hist, model_out(x, s_j[0], True))
         x = update(x, hist, 0)
-        start = 1
+        start, first = 1, [x[None]]
 
     def body(carry, i):
         x, hist = carry
         hist = push(hist, model_out(x, s_j[i], False))
-        return (update(x, hist, i), hist), None
+        x = update(x, hist, i)
+        return (x, hist), (x if return_trajectory else None)
 
-    (x, _), _ = jax.lax.scan(body, (x, hist), jnp.arange(start, n))
-    return x
+    (x, _), traj = jax.lax.scan(body, (x, hist), jnp.arange(start, n))
+    return jnp.concatenate(first + [traj], axis=0) if return_trajectory else x

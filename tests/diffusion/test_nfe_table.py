@@ -79,6 +79,7 @@ def test_shipped_nfe_configs_pass_the_evaluate_check(arg):
     (dict(amed_num_batches=0), r"`amed_num_batches` must be an integer >= 1; got 0"),
     (dict(amed_plugin_inserted=0), r"`amed_plugin_inserted` must be an integer >= 1; got 0"),
     (dict(amed_batch_size=-8), r"`amed_batch_size` must be an integer >= 1; got -8"),
+    (dict(amed_plugin_teacher="dpm"), r"`amed_plugin_teacher` must be one of \('heun', 'ipndm'\); got 'dpm'"),
 ])
 def test_bad_evaluate_keys_fail_before_training(overrides, message, tmp_path):
     from kexue_jax.core.config import ConfigError

@@ -315,3 +315,25 @@ def test_plugin_bad_inputs():
         with pytest.raises(ValueError) as err:
             call()
         assert message in str(err.value), str(err.value)
+
+
+def test_ipndm_teacher_is_ipndm_on_the_refined_grid():
+    # The official CIFAR-10 plugin teacher (launch.sh --sampler_tea=ipndm): its state at the student's σ_i is
+    # iPNDM run on the refined grid up to that point, and the last state is iPNDM on the whole refined grid.
+    with jax.enable_x64(True):
+        mu, s, x_T = _gauss(d=8, rows=4)
+        den = S.mixture_denoiser(jnp.stack([mu - 0.3, mu + 0.5]), 0.2)
+        sig = S.edm_sigmas(4)
+        for m, order in ((2, 4), (1, 2)):
+            fine = S.refine_sigmas(sig, m, 7.0)
+            traj = S.amed_teacher_trajectory(den, x_T, sig, inserted=m, teacher="ipndm", max_order=order)
+            assert traj.shape == (len(sig),) + x_T.shape
+            np.testing.assert_array_equal(traj[0], x_T)
+            for i in range(1, len(sig)):
+                np.testing.assert_allclose(sig[i], fine[i * (m + 1)], rtol=1e-12)
+                want = S.sample_ipndm(den, x_T, fine[:i * (m + 1) + 1], max_order=order)
+                np.testing.assert_allclose(traj[i], want, rtol=1e-12, atol=1e-12, err_msg=f"M={m} i={i}")
+        heun = S.amed_teacher_trajectory(den, x_T, sig, inserted=2)
+        assert float(jnp.max(jnp.abs(heun[-1] - traj[-1]))) > 1e-6  # a different solver
+    with pytest.raises(ValueError, match="`teacher` must be one of"):
+        S.amed_teacher_trajectory(den, x_T, sig, teacher="euler")

@@ -52,6 +52,9 @@ CASES = [
     ("train lr", lambda: S.train_amed_predictor(S.AMEDPredictor(0, rngs=nnx.Rngs(0)), DEN, GOOD, lambda k: X,
                                                 key=jax.random.key(0), num_batches=1, learning_rate=0.0),
      "`learning_rate` must be a positive number"),
+    ("train teacher", lambda: S.train_amed_predictor(S.AMEDPredictor(0, rngs=nnx.Rngs(0)), DEN, GOOD, lambda k: X,
+                                                     key=jax.random.key(0), num_batches=1, teacher="dpm"),
+     "`teacher` must be one of ('heun', 'ipndm')"),
 ]
 
 
