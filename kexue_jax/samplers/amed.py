@@ -326,7 +326,7 @@ def _plugin_interval(base, den, g, x, hist, sc, sn, i, coef, first_afs, afs_mean
         return x_next, buf[:3], (r, c, a)
     p1, p2 = coef
     hist_d, hist_lam = hist
-    if first_afs:  # D = x − σ·x/√(1 + σ²), no evaluation, zero features (official dpm_pp_sampler)
+    if first_afs:  # D = x − σ·(x − μ)/√(1 + σ²), μ = 0 officially; no evaluation, zero features (dpm_pp_sampler)
         d0 = x - sc * afs_direction(x, sc, afs_mean)
         h = jnp.zeros(jax.eval_shape(den, x, sc)[1].shape, x.dtype)
     else:
@@ -531,20 +531,20 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
 
     def batch_update(params, opt_state, k):
         x_T = sample_x_T(k)
-        teacher = jax.lax.stop_gradient(amed_teacher_trajectory(
+        traj = jax.lax.stop_gradient(amed_teacher_trajectory(
             denoise_fn, x_T, s, inserted=inserted, rho=rho, has_aux=has_aux, teacher=teacher,
             max_order=4 if max_order is None else max_order))
         hist = _plugin_history(student, x_T) if student != "amed" else ()
-        x, losses = teacher[0], []
+        x, losses = traj[0], []
         for i in range(n):  # N is small (3-5); each interval has its own static AFS flag and weights
             (loss, (out, hist)), grads = jax.value_and_grad(interval_loss, has_aux=True)(params, x, hist,
-                                                                                         teacher[i + 1], i)
+                                                                                         traj[i + 1], i)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             losses.append(loss)
             # As the official training loop: a single-step student restarts from the teacher point, a multistep
             # plugin continues from its own output so that x and its history belong to one trajectory.
-            x = teacher[i + 1] if student == "amed" else out
+            x = traj[i + 1] if student == "amed" else out
         return params, opt_state, jnp.stack(losses)
 
     @jax.jit

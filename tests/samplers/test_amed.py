@@ -337,3 +337,26 @@ def test_ipndm_teacher_is_ipndm_on_the_refined_grid():
         assert float(jnp.max(jnp.abs(heun[-1] - traj[-1]))) > 1e-6  # a different solver
     with pytest.raises(ValueError, match="`teacher` must be one of"):
         S.amed_teacher_trajectory(den, x_T, sig, teacher="euler")
+
+
+@pytest.mark.parametrize("teacher", ["heun", "ipndm"])
+def test_training_regresses_the_chosen_teacher_with_the_data_mean_afs(teacher):
+    # First batch, first interval: the loss train_amed_predictor records is amed_distillation_loss of the
+    # untrained predictor against that teacher's point at σ₁ (AFS with the data mean on the first step).
+    d = 8
+    mu, s, _ = _gauss(d=d, rows=1)
+    mu = mu.astype(jnp.float32)
+    den = S.mixture_denoiser(jnp.stack([mu - 0.3, mu + 0.5]), 0.2)
+    sig = S.edm_sigmas(4)
+    pred = S.AMEDPredictor(0, scale_dir=0.01, scale_time=0.2, rngs=nnx.Rngs(0))
+    key = jax.random.key(3)
+    sample = lambda k: 80.0 * jax.random.normal(k, (16, d))  # noqa: E731
+    _, losses = S.train_amed_predictor(pred, den, sig, sample, key=key, num_batches=1, inserted=2,
+                                       student="ipndm", afs=True, afs_mean=mu, teacher=teacher)
+    x_T = sample(jax.random.fold_in(key, 0))
+    traj = S.amed_teacher_trajectory(den, x_T, sig, inserted=2, teacher=teacher)
+    want, _ = S.amed_distillation_loss(pred, den, x_T, traj[1], sig[0], sig[1], first_afs=True, afs_mean=mu,
+                                       student="ipndm", num_steps=len(sig) - 1)
+    np.testing.assert_allclose(losses[0, 0], want, rtol=1e-5)
+    other = S.amed_teacher_trajectory(den, x_T, sig, inserted=2, teacher="ipndm" if teacher == "heun" else "heun")
+    assert float(jnp.max(jnp.abs(other[1] - traj[1]))) > 1e-3  # the two teachers really differ at σ₁
