@@ -121,7 +121,7 @@ def evaluate(model, dataset, *, key, config, workdir):
     results["test/fd_heun100"] = out["test/fd"]
     results["test/fd_data"] = out["test/fd_data"]
     rows.append(dict(sampler="heun_100_steps", nfe=samplers.nfe(samplers.sample_heun, ref_sig), fd=out["test/fd"],
-                     coverage=out["test/class_coverage"], entropy=out["test/class_entropy"]))
+                     coverage=out["test/class_coverage"], entropy=out["test/class_entropy"], rmse_ref=0.0))
     grids = {}
     for name in config.sampler_names:
         attr, opts, kind, rho = SAMPLERS[name]
@@ -136,7 +136,7 @@ def evaluate(model, dataset, *, key, config, workdir):
                                **extra)
             if sig is None:
                 rows.append(dict(sampler=name, nfe=target, fd=float("nan"), coverage=float("nan"),
-                                 entropy=float("nan")))
+                                 entropy=float("nan"), rmse_ref=float("nan")))
                 continue
             grids[(name, target)] = sig
             if name.endswith("_r05"):  # fixed r = ½, c = a = 1: no distillation
@@ -163,25 +163,34 @@ def evaluate(model, dataset, *, key, config, workdir):
             else:
                 x = jax.jit(lambda s, x: fn(denoisers(s)[0], x, sig, **opts))(state, x_T)
             out, imgs = score(x)
+            # RMSE to the Heun-100 samples from the same x_T (model space, [−1, 1]): the ODE-solution error,
+            # less noisy than FD and blind to sample quality
+            rmse = float(jnp.sqrt(jnp.mean(jnp.square(x - ref))))
             results[f"test/fd_{name}_nfe{target}"] = out["test/fd"]
+            results[f"test/rmse_ref_{name}_nfe{target}"] = rmse
             rows.append(dict(sampler=name, nfe=target, fd=out["test/fd"], coverage=out["test/class_coverage"],
-                             entropy=out["test/class_entropy"]))
+                             entropy=out["test/class_entropy"], rmse_ref=rmse))
             if workdir is not None and target == 5:
                 from kexue_jax.core.metrics import save_image_grid
                 save_image_grid(imgs[:64] / (levels - 1), os.path.join(workdir, f"samples_{name}_nfe5.png"),
                                 title=f"{name}, NFE 5")
     if workdir is not None:
         with open(os.path.join(workdir, "nfe_table.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["sampler", "nfe", "fd", "coverage", "entropy"])
+            w = csv.DictWriter(f, fieldnames=["sampler", "nfe", "fd", "coverage", "entropy", "rmse_ref"])
             w.writeheader()
             w.writerows(rows)
         nfes = list(config.nfe_list)
-        lines = ["| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
+        head = ["| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
+        lines = list(head)
         for name in config.sampler_names:
             vals = [results.get(f"test/fd_{name}_nfe{k}", float("nan")) for k in nfes]
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
         lines.append(f"\nFD-digits, 100-step Heun reference: {results['test/fd_heun100']:.3f}; test split vs train: "
                      f"{results['test/fd_data']:.3f} (n = {n}; not comparable to Inception FID)")
+        lines += ["\nRMSE to the 100-step Heun samples from the same x_T (model space, [−1, 1]):\n"] + head
+        for name in config.sampler_names:
+            vals = [results.get(f"test/rmse_ref_{name}_nfe{k}", float("nan")) for k in nfes]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
         with open(os.path.join(workdir, "nfe_table.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return results
