@@ -5,8 +5,10 @@ Used as the `evaluate` hook of the shared trainer after training an EDM-precondi
 sampler and each NFE it picks the grid size whose `samplers.nfe(...)` equals the target (grids as in
 zju-pi/diff-sampler: polynomial ρ = 7 for Euler/Heun/DPM-Solver-2/iPNDM, logSNR for DPM-Solver++/UniPC,
 time-uniform ρ = 2 for DEIS, time-uniform ρ = 1 for AMED-Solver), draws samples from the same x_T, and scores
-them with FD-digits (`metrics.image_metrics`; not comparable to Inception FID). AMED predictors are distilled
-per NFE from a Heun teacher with one inserted step (`samplers.train_amed_predictor`).
+them with FD-digits (`metrics.image_metrics`; not comparable to Inception FID) and with the RMSE to the Heun-100
+samples from the same x_T (the ODE-solution error). AMED predictors are distilled per NFE from a Heun teacher
+(`samplers.train_amed_predictor`; M = 1 inserted step for AMED-Solver, `amed_plugin_inserted` and
+`amed_plugin_teacher` for the plugin). Rows named `*_afs_mean` use AFS with the per-pixel data mean (ours).
 
 References:
   https://kexue.fm/archives/9881 ; Zhou et al., "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps"
