@@ -67,6 +67,8 @@ def get_config(arg=None):
     config.sigma_max = 80.0
     config.eval_num_samples = 20 if smoke else 500
     config.classifier_steps = 20 if smoke else 2000
+    # Paired bootstrap resamples of the x_T rows: each FD's standard error and P(AMED row < baseline), ours
+    config.fd_bootstrap = 20 if smoke else 200
     config.amed_num_batches = 1 if smoke else 40
     config.amed_plugin_inserted = 2  # M, the teacher's inserted steps per interval for the plugin (official: 2)
     config.amed_plugin_teacher = "heun"  # or 'ipndm', the official CIFAR-10 plugin teacher (launch.sh)

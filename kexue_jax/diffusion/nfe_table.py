@@ -9,6 +9,9 @@ them with FD-digits (`metrics.image_metrics`; not comparable to Inception FID) a
 samples from the same x_T (the ODE-solution error). AMED predictors are distilled per NFE from a Heun teacher
 (`samplers.train_amed_predictor`; M = 1 inserted step for AMED-Solver, `amed_plugin_inserted` and
 `amed_plugin_teacher` for the plugin). Rows named `*_afs_mean` use AFS with the per-pixel data mean (ours).
+With `fd_bootstrap` = B > 0, a paired bootstrap over the samples (`metrics.paired_bootstrap_fd`, one resample of
+the x_T rows for every cell) gives each FD's standard error and, for every AMED row, the probability that its FD
+is below that of DDIM, DPM-Solver++(3M) and iPNDM at the same NFE (the paper's NFE-5 ordering, `BASELINES`).
 
 References:
   https://kexue.fm/archives/9881 ; Zhou et al., "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps"
@@ -28,7 +31,10 @@ from kexue_jax.diffusion import metrics, schedules
 from kexue_jax.diffusion.ddpm import to_images
 from kexue_jax.diffusion.precond import edm_denoiser
 
-__all__ = ["SAMPLERS", "grid_for_nfe", "evaluate"]
+__all__ = ["SAMPLERS", "BASELINES", "grid_for_nfe", "evaluate"]
+
+# The rows the paper's NFE-5 claim puts AMED-Solver and AMED-Plugin below (anchors.md §5.2).
+BASELINES = ("ddim", "dpm_solver_pp_3m", "ipndm")
 
 # name -> (sampler attribute, options, grid kind, ρ)
 SAMPLERS = {
@@ -116,13 +122,18 @@ def evaluate(model, dataset, *, key, config, workdir):
         return out, imgs
 
     results, rows = {}, []
+    n_boot = int(config.get("fd_bootstrap", 0))
+    feats = {}  # (name, nfe) -> classifier features of the samples, for the paired bootstrap
     # Reference: 100-step Heun (NFE 199) on the polynomial grid.
     ref_sig = schedules.edm_sigmas(101, sigma_min, sigma_max, 7.0, append_zero=True)
     ref = jax.jit(lambda s, x: samplers.sample_heun(denoisers(s)[0], x, ref_sig))(state, x_T)
-    out, _ = score(ref)
+    out, ref_imgs = score(ref)
+    ref_nfe = samplers.nfe(samplers.sample_heun, ref_sig)
+    if n_boot:
+        feats[("heun_100_steps", ref_nfe)] = metrics.classifier_features(classifier, ref_imgs)[0]
     results["test/fd_heun100"] = out["test/fd"]
     results["test/fd_data"] = out["test/fd_data"]
-    rows.append(dict(sampler="heun_100_steps", nfe=samplers.nfe(samplers.sample_heun, ref_sig), fd=out["test/fd"],
+    rows.append(dict(sampler="heun_100_steps", nfe=ref_nfe, fd=out["test/fd"],
                      coverage=out["test/class_coverage"], entropy=out["test/class_entropy"], rmse_ref=0.0))
     grids = {}
     for name in config.sampler_names:
@@ -165,6 +176,8 @@ def evaluate(model, dataset, *, key, config, workdir):
             else:
                 x = jax.jit(lambda s, x: fn(denoisers(s)[0], x, sig, **opts))(state, x_T)
             out, imgs = score(x)
+            if n_boot:
+                feats[(name, target)] = metrics.classifier_features(classifier, imgs)[0]
             # RMSE to the Heun-100 samples from the same x_T (model space, [−1, 1]): the ODE-solution error,
             # less noisy than FD and blind to sample quality
             rmse = float(jnp.sqrt(jnp.mean(jnp.square(x - ref))))
@@ -176,9 +189,43 @@ def evaluate(model, dataset, *, key, config, workdir):
                 from kexue_jax.core.metrics import save_image_grid
                 save_image_grid(imgs[:64] / (levels - 1), os.path.join(workdir, f"samples_{name}_nfe5.png"),
                                 title=f"{name}, NFE 5")
+    boot_lines = []
+    if n_boot and feats:
+        # The reference is the training split's statistics, as in `metrics.image_metrics`.
+        ref_stats = metrics.gaussian_statistics(metrics.classifier_features(classifier, train.arrays["image"])[0])
+        reps = metrics.paired_bootstrap_fd({f"{a}@{k}": f for (a, k), f in feats.items()}, ref_stats,
+                                           num_resamples=n_boot, seed=int(config.seed))
+        for (name, k) in feats:
+            results[f"test/fd_se_{name}_nfe{k}"] = float(np.std(reps[f"{name}@{k}"], ddof=1))
+        for row in rows:
+            row["fd_se"] = results.get(f"test/fd_se_{row['sampler']}_nfe{row['nfe']}", float("nan"))
+        results["test/fd_se_heun100"] = results.pop(f"test/fd_se_heun_100_steps_nfe{ref_nfe}")
+        bases = [b for b in BASELINES if b in config.sampler_names]
+        for (name, k) in feats:
+            for b in bases:
+                if name.startswith("amed") and (b, k) in feats:
+                    results[f"test/p_below_{b}_{name}_nfe{k}"] = float(np.mean(reps[f"{name}@{k}"] <
+                                                                               reps[f"{b}@{k}"]))
+        nfes = list(config.nfe_list)
+        boot_lines = [f"\nPaired bootstrap ({n_boot} resamples of the {n} x_T rows): standard error of each FD:\n",
+                      "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---" * (len(nfes) + 1) + "|",
+                      "| heun_100_steps | " + " | ".join(f"{results['test/fd_se_heun100']:.3f}" for _ in nfes) + " |"]
+        for name in config.sampler_names:
+            vals = [results.get(f"test/fd_se_{name}_nfe{k}", float("nan")) for k in nfes]
+            boot_lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+        if bases:
+            boot_lines += [f"\nP(FD of the row < FD of {' / '.join(bases)}) at the same NFE, same resamples:\n",
+                           "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+                           "|---" * (len(nfes) + 1) + "|"]
+            for name in config.sampler_names:
+                if name.startswith("amed"):
+                    cells = [" / ".join(f"{results[key]:.2f}" if (key := f"test/p_below_{b}_{name}_nfe{k}")
+                                        in results else "–" for b in bases) for k in nfes]
+                    boot_lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if workdir is not None:
         with open(os.path.join(workdir, "nfe_table.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["sampler", "nfe", "fd", "coverage", "entropy", "rmse_ref"])
+            fields = ["sampler", "nfe", "fd", "coverage", "entropy", "rmse_ref"] + (["fd_se"] if boot_lines else [])
+            w = csv.DictWriter(f, fieldnames=fields, restval=float("nan"))
             w.writeheader()
             w.writerows(rows)
         nfes = list(config.nfe_list)
@@ -193,6 +240,7 @@ def evaluate(model, dataset, *, key, config, workdir):
         for name in config.sampler_names:
             vals = [results.get(f"test/rmse_ref_{name}_nfe{k}", float("nan")) for k in nfes]
             lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+        lines += boot_lines
         with open(os.path.join(workdir, "nfe_table.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return results
@@ -219,6 +267,9 @@ def check_config(config) -> None:
             config.sigma_min)
     check_int(config.get("eval_num_samples"), "eval_num_samples", minimum=2)
     check_int(config.get("classifier_steps"), "classifier_steps")
+    n_boot = config.get("fd_bootstrap", 0)
+    require(isinstance(n_boot, int) and not isinstance(n_boot, bool) and (n_boot == 0 or n_boot >= 2),
+            "fd_bootstrap", "an int: 0 (off) or the number of bootstrap resamples (>= 2)", n_boot)
     if any(n.startswith("amed") and not n.endswith("_r05") for n in names):  # distilled predictors
         check_int(config.get("amed_num_batches"), "amed_num_batches")
         check_int(config.get("amed_batch_size"), "amed_batch_size")
