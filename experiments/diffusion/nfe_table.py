@@ -22,7 +22,9 @@ zero-mean data) were evaluated the same way: at NFE 5, mnist5k AMED-Solver 12.0 
 Setup: the author's U-Net with a sinusoidal noise-label embedding, EDM-preconditioned (σ_d = 0.5) and trained
 with the EDM loss on dequantised digits in [−1, 1]; then `kexue_jax.diffusion.nfe_table.evaluate` samples 500
 images per (sampler, NFE) from the same x_T ~ N(0, 80² I) on the diff-sampler grids and scores FD-digits
-(in-repo classifier features; NOT comparable to Inception FID). Writes nfe_table.csv / nfe_table.md. The
+(in-repo classifier features; NOT comparable to Inception FID), with a paired bootstrap over the 500 x_T rows
+(`fd_bootstrap`: each FD's standard error, about 1 on digits, and P(AMED row < DDIM / DPM-Solver++(3M) / iPNDM)).
+Writes nfe_table.csv / nfe_table.md. The
 published CIFAR-10 table (anchors.md §5.2) is the reference for the ORDERING only: at NFE 5, AMED-Solver
 7.59 and AMED-Plugin 6.61 vs DDIM 49.66, DPM-Solver++(3M) 24.97, iPNDM 13.59.
 
