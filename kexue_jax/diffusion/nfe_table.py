@@ -31,7 +31,7 @@ from kexue_jax.diffusion import metrics, schedules
 from kexue_jax.diffusion.ddpm import to_images
 from kexue_jax.diffusion.precond import edm_denoiser
 
-__all__ = ["SAMPLERS", "BASELINES", "grid_for_nfe", "evaluate"]
+__all__ = ["SAMPLERS", "BASELINES", "grid_for_nfe", "evaluate", "bootstrap_results"]
 
 # The rows the paper's NFE-5 claim puts AMED-Solver and AMED-Plugin below (anchors.md §5.2).
 BASELINES = ("ddim", "dpm_solver_pp_3m", "ipndm")
@@ -193,19 +193,11 @@ def evaluate(model, dataset, *, key, config, workdir):
     if n_boot and feats:
         # The reference is the training split's statistics, as in `metrics.image_metrics`.
         ref_stats = metrics.gaussian_statistics(metrics.classifier_features(classifier, train.arrays["image"])[0])
-        reps = metrics.paired_bootstrap_fd({f"{a}@{k}": f for (a, k), f in feats.items()}, ref_stats,
-                                           num_resamples=n_boot, seed=int(config.seed))
-        for (name, k) in feats:
-            results[f"test/fd_se_{name}_nfe{k}"] = float(np.std(reps[f"{name}@{k}"], ddof=1))
+        results.update(bootstrap_results(feats, ref_stats, num_resamples=n_boot, seed=int(config.seed)))
         for row in rows:
             row["fd_se"] = results.get(f"test/fd_se_{row['sampler']}_nfe{row['nfe']}", float("nan"))
         results["test/fd_se_heun100"] = results.pop(f"test/fd_se_heun_100_steps_nfe{ref_nfe}")
         bases = [b for b in BASELINES if b in config.sampler_names]
-        for (name, k) in feats:
-            for b in bases:
-                if name.startswith("amed") and (b, k) in feats:
-                    results[f"test/p_below_{b}_{name}_nfe{k}"] = float(np.mean(reps[f"{name}@{k}"] <
-                                                                               reps[f"{b}@{k}"]))
         nfes = list(config.nfe_list)
         boot_lines = [f"\nPaired bootstrap ({n_boot} resamples of the {n} x_T rows): standard error of each FD:\n",
                       "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---" * (len(nfes) + 1) + "|",
@@ -244,6 +236,31 @@ def evaluate(model, dataset, *, key, config, workdir):
         with open(os.path.join(workdir, "nfe_table.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return results
+
+
+def bootstrap_results(features, reference, *, num_resamples: int, seed: int = 0,
+                      baselines=BASELINES) -> dict[str, float]:
+    """The paired-bootstrap entries of an NFE table's results.
+
+    Args:
+      features: {(sampler name, nfe): classifier features [n, k]}, row i of every cell from the same x_T.
+      reference: (mean [k], covariance [k, k]) of the reference features (the training split).
+      num_resamples, seed: as in `metrics.paired_bootstrap_fd` (one resample of the rows for every cell).
+      baselines: the rows every AMED row is compared with.
+    Returns:
+      `test/fd_se_<name>_nfe<k>`: the standard deviation (ddof 1) of the cell's replicate FDs, for every cell;
+      `test/p_below_<b>_<name>_nfe<k>`: for every cell whose name starts with 'amed' and every baseline b that
+      has a cell at the same NFE, the fraction of replicates in which the cell's FD is strictly below b's.
+    """
+    reps = metrics.paired_bootstrap_fd({f"{a}@{k}": f for (a, k), f in features.items()}, reference,
+                                       num_resamples=num_resamples, seed=seed)
+    out = {f"test/fd_se_{name}_nfe{k}": float(np.std(reps[f"{name}@{k}"], ddof=1)) for (name, k) in features}
+    for (name, k) in features:
+        if name.startswith("amed"):
+            for b in baselines:
+                if (b, k) in features:
+                    out[f"test/p_below_{b}_{name}_nfe{k}"] = float(np.mean(reps[f"{name}@{k}"] < reps[f"{b}@{k}"]))
+    return out
 
 
 def check_config(config) -> None:

@@ -101,3 +101,47 @@ def test_r05_controls_need_no_distillation_keys():
 
     config = _nfe_config("smoke", sampler_names=("ipndm", "amed_plugin_r05"), amed_num_batches=0)
     validate_train_config(config, num_devices=1)
+
+
+# --- the paired-bootstrap entries of the results ---------------------------------------------------------
+
+def test_bootstrap_results_standard_errors_and_paired_probabilities():
+    from kexue_jax.diffusion import metrics
+    from kexue_jax.diffusion.nfe_table import bootstrap_results
+
+    rng = np.random.default_rng(0)
+    n, k = 300, 3
+    ref = (np.zeros(k), np.eye(k))
+    base = rng.normal(size=(n, k)) + 1.0  # mean 1 away from the reference in every coordinate
+    feats = {("ddim", 5): base, ("ipndm", 5): base + 0.5,  # same rows, farther from the reference
+             ("amed", 5): base - 0.5,  # same rows, nearer: below DDIM and iPNDM in EVERY replicate
+             ("amed_plugin", 5): base.copy(),  # identical to DDIM: never strictly below it
+             ("amed", 3): base, ("heun_100_steps", 199): base}
+    out = bootstrap_results(feats, ref, num_resamples=50, seed=3)
+    reps = metrics.paired_bootstrap_fd({f"{a}@{b}": f for (a, b), f in feats.items()}, ref, num_resamples=50, seed=3)
+    for (name, nfe) in feats:  # the s.e. is the replicates' std (ddof 1) of the same paired resamples
+        np.testing.assert_allclose(out[f"test/fd_se_{name}_nfe{nfe}"], np.std(reps[f"{name}@{nfe}"], ddof=1),
+                                   rtol=1e-12)
+        assert out[f"test/fd_se_{name}_nfe{nfe}"] > 0
+    # shifting every row by c changes FD by 2c·(m − μ_r) + ‖c‖² exactly, so the order is the same in every replicate
+    assert out["test/p_below_ddim_amed_nfe5"] == 1.0 and out["test/p_below_ipndm_amed_nfe5"] == 1.0
+    assert out["test/p_below_ddim_amed_plugin_nfe5"] == 0.0 and out["test/p_below_ipndm_amed_plugin_nfe5"] == 1.0
+    p_keys = {key for key in out if key.startswith("test/p_below_")}
+    # only AMED rows, only against baselines that have a cell at the same NFE (no DPM-Solver++ here, no NFE-3 DDIM)
+    assert p_keys == {"test/p_below_ddim_amed_nfe5", "test/p_below_ipndm_amed_nfe5",
+                      "test/p_below_ddim_amed_plugin_nfe5", "test/p_below_ipndm_amed_plugin_nfe5"}
+
+
+def test_bootstrap_results_probability_is_a_fraction_of_replicates():
+    """Two independent sets at the same distance from the reference: P is neither 0 nor 1, and it is the
+    fraction of replicates computed directly."""
+    from kexue_jax.diffusion import metrics
+    from kexue_jax.diffusion.nfe_table import bootstrap_results
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(200, 2)), rng.normal(size=(200, 2))
+    ref = (np.zeros(2), np.eye(2))
+    out = bootstrap_results({("amed", 5): a, ("ddim", 5): b}, ref, num_resamples=400, seed=0)
+    reps = metrics.paired_bootstrap_fd({"amed@5": a, "ddim@5": b}, ref, num_resamples=400, seed=0)
+    p = out["test/p_below_ddim_amed_nfe5"]
+    assert p == np.mean(reps["amed@5"] < reps["ddim@5"]) and 0.02 < p < 0.98
