@@ -61,6 +61,14 @@ None of this is the rule's arithmetic: it is the number of separate loops XLA:CP
 against Adam's 3, no multi-output fusion). GPUs fuse sibling outputs; the ≤ 1.2× target of issue 3 is
 still to be measured there.
 
+XLA:CPU's own switches do not change this (2026-11-22, jax 0.10.2, passes of optax eg(adam) at the MLP size,
+counted as above): `--xla_cpu_use_fusion_emitters=false`, `--xla_cpu_enable_concurrency_optimized_scheduler=true`
+and `--xla_cpu_use_thunk_runtime=false` all leave it at 31 passes in 11 fusions (Adam: 10 in 3);
+`--xla_cpu_use_multi_output_fusion` is a name in the binary but not a registered flag ("Unknown flag in
+XLA_FLAGS"). Keeping the EG state and Adam's moments in one stacked [4, n] buffer (so that one fusion writes
+all of them) was tried in a scratch copy of this file: 11 passes by this count but 17× Adam's time, the
+stacking and slicing copies costing far more than they save.
+
 Article: https://kexue.fm/archives/8968
 """
 from __future__ import annotations
