@@ -99,17 +99,17 @@ def main():
     print(f"setup: {desc}, batch {args.batch}, steps {n1} and {n2}, min of {args.repeats}; "
           f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0].platform}")
 
-    def chain(k, per=1):
-        """k scan iterations of `per` chained denoiser calls each: the loop shape of a per-NFE/step sampler."""
+    def chain(d, k, per=1):
+        """k scan iterations of `per` chained calls of denoiser d each: the loop shape of a per-NFE/step sampler."""
         sig = jnp.asarray(S.edm_sigmas(k + 1))
 
         def body(y, s):
             for _ in range(per):
-                y = den(y, s)
+                y = d(y, s)
             return y, None
-        return jax.jit(lambda x: jax.lax.scan(body, x, sig[:-1])[0])
+        return jax.jit(lambda y: jax.lax.scan(body, y, sig[:-1])[0])
 
-    chains = (chain(n1), chain(n2))
+    chains = (chain(den, n1), chain(den, n2))
 
     def denoiser_time():
         return (_time(chains[1], x, args.repeats) - _time(chains[0], x, args.repeats)) / (n2 - n1)
@@ -133,25 +133,28 @@ def main():
         "amed_plugin": (S.sample_amed_plugin, lambda n: {"predictor": fixed(n)}, 2),
         "amed_plugin_dpmpp": (S.sample_amed_plugin, lambda n: {"predictor": fixed(n), "base": "dpm_solver_pp"}, 2),
     }
-    # Each sampler at n2 steps against a chain of exactly as many denoiser evaluations (same NFE, same
-    # fixed costs), timed in alternation so that a neighbour's burst hits both; the min of the repeats.
+
+    def against_chains(d, repeats):
+        """{sampler: (min time of the sampler with denoiser d at n2 steps, min time of the chain of d with the
+        same loop shape)}, the two timed in alternation so that a neighbour's burst hits both."""
+        by_shape, out = {}, {}
+        for name, (fn, opts, per) in cases.items():
+            if per not in by_shape:
+                by_shape[per] = chain(d, n2, per)
+            sig, o = S.edm_sigmas(n2 + 1), opts(n2)
+            f = jax.jit(lambda y, sig=sig, o=o: fn(d, y, sig, **o))
+            f(x).block_until_ready()
+            by_shape[per](x).block_until_ready()
+            t_s, t_c = [], []
+            for _ in range(repeats):
+                t_s.append(_time(f, x, 1))
+                t_c.append(_time(by_shape[per], x, 1))
+            out[name] = (min(t_s), min(t_c))
+        return out
+
     # overhead/t_D = (T_sampler − T_chain) / (n2 · t_D): the sampler's own cost per step in denoiser calls.
-    chains_by_nfe = {}
-    rows = {}
-    for name, (fn, opts, per) in cases.items():
-        nfe = per * n2
-        if nfe not in chains_by_nfe:
-            chains_by_nfe[nfe] = chain(n2, per)
-        sig = S.edm_sigmas(n2 + 1)
-        o = opts(n2)
-        f = jax.jit(lambda y, sig=sig, o=o: fn(den, y, sig, **o))
-        f(x).block_until_ready()
-        chains_by_nfe[nfe](x).block_until_ready()
-        t_s, t_c = [], []
-        for _ in range(args.repeats):
-            t_s.append(_time(f, x, 1))
-            t_c.append(_time(chains_by_nfe[nfe], x, 1))
-        rows[name] = (min(t_s), min(t_c), per)
+    rows = against_chains(den, args.repeats)
+
     # The same difference with a near-free denoiser (one scalar multiply, the exact D of N(0, σ_d²) data):
     # both programs then take milliseconds, so many repeats pin down the sampler's own arithmetic, which is
     # then expressed in units of the U-Net's t_D. Low-noise, but it cannot see fusion with the real denoiser.
@@ -160,31 +163,7 @@ def main():
         s = s.reshape(s.shape + (1,) * (y.ndim - s.ndim)) if s.ndim else s
         return y * (0.25 / (s ** 2 + 0.25))
 
-    def free_chain(k, per=1):
-        sig = jnp.asarray(S.edm_sigmas(k + 1))
-
-        def body(z, s):
-            for _ in range(per):
-                z = free(z, s)
-            return z, None
-        return jax.jit(lambda y: jax.lax.scan(body, y, sig[:-1])[0])
-
-    own = {}
-    free_chains = {}
-    for name, (fn, opts, per) in cases.items():
-        nfe = per * n2
-        if nfe not in free_chains:
-            free_chains[nfe] = free_chain(n2, per)
-        sig = S.edm_sigmas(n2 + 1)
-        o = opts(n2)
-        f = jax.jit(lambda y, sig=sig, o=o: fn(free, y, sig, **o))
-        t_s, t_c = [], []
-        f(x).block_until_ready()
-        free_chains[nfe](x).block_until_ready()
-        for _ in range(10 * args.repeats):
-            t_s.append(_time(f, x, 1))
-            t_c.append(_time(free_chains[nfe], x, 1))
-        own[name] = (min(t_s), min(t_c))
+    own = against_chains(free, 10 * args.repeats)
     t_d = min(t_d_start, denoiser_time())
     print(f"denoiser: {1e3 * t_d:.3f} ms per evaluation (before {1e3 * t_d_start:.3f}; from the {n1}- and "
           f"{n2}-step chains)")
@@ -195,7 +174,8 @@ def main():
     print(f"{'sampler':18s} {'ms/run':>9s} {'chain ms':>9s} {'NFE/step':>8s} {'overhead/t_D':>12s} "
           f"{'free ms':>8s} {'own ops/t_D':>11s}")
     worst = 0.0
-    for name, (t_s, t_c, per) in rows.items():
+    for name, (t_s, t_c) in rows.items():
+        per = cases[name][2]
         f_s, f_c = own[name]
         own_ratio = (f_s - f_c) / (n2 * t_d)
         worst = max(worst, own_ratio)
