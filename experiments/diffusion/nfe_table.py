@@ -75,6 +75,9 @@ def get_config(arg=None):
     config.amed_plugin_inserted = 2  # M, the teacher's inserted steps per interval for the plugin (official: 2)
     config.amed_plugin_teacher = "heun"  # or 'ipndm', the official CIFAR-10 plugin teacher (launch.sh)
     config.amed_batch_size = 8 if smoke else 64
+    # 'interval' (the official AMED_loss loop) or 'final' (ours: the error of the whole student run, one step
+    # per batch; `samplers.train_amed_predictor`)
+    config.amed_objective = "interval"
     config.optimizer = "optax.adam"
     config.optimizer_kwargs = {}
     config.learning_rate = 1e-3

@@ -8,7 +8,9 @@ time-uniform ρ = 2 for DEIS, time-uniform ρ = 1 for AMED-Solver), draws sample
 them with FD-digits (`metrics.image_metrics`; not comparable to Inception FID) and with the RMSE to the Heun-100
 samples from the same x_T (the ODE-solution error). AMED predictors are distilled per NFE from a Heun teacher
 (`samplers.train_amed_predictor`; M = 1 inserted step for AMED-Solver, `amed_plugin_inserted` and
-`amed_plugin_teacher` for the plugin). Rows named `*_afs_mean` use AFS with the per-pixel data mean (ours).
+`amed_plugin_teacher` for the plugin; `amed_objective` 'interval', the official per-interval regression, or
+'final', ours: the error of the whole student run). Rows named `*_afs_mean` use AFS with the per-pixel data
+mean (ours).
 With `fd_bootstrap` = B > 0, a paired bootstrap over the samples (`metrics.paired_bootstrap_fd`, one resample of
 the x_T rows for every cell) gives each FD's standard error and, for every AMED row, the probability that its FD
 is below that of DDIM, DPM-Solver++(3M) and iPNDM at the same NFE (the paper's NFE-5 ordering, `BASELINES`).
@@ -168,7 +170,8 @@ def evaluate(model, dataset, *, key, config, workdir):
                     inserted=1 if solver else config.get("amed_plugin_inserted", 2), has_aux=True,
                     afs=extra.get("afs", False), afs_mean=extra.get("afs_mean"),
                     student="amed" if solver else "ipndm",
-                    teacher="heun" if solver else config.get("amed_plugin_teacher", "heun"))
+                    teacher="heun" if solver else config.get("amed_plugin_teacher", "heun"),
+                    objective=config.get("amed_objective", "interval"))
                 extra = dict(opts, predictor=pred)
                 pg, pstate = nnx.split(pred)
                 x = jax.jit(lambda s, ps, x: fn(denoisers(s)[1], x, sig, has_aux=True,
@@ -293,6 +296,8 @@ def check_config(config) -> None:
         check_int(config.get("amed_plugin_inserted", 2), "amed_plugin_inserted")
         teacher = config.get("amed_plugin_teacher", "heun")
         require(teacher in samplers.TEACHERS, "amed_plugin_teacher", f"one of {samplers.TEACHERS}", teacher)
+        objective = config.get("amed_objective", "interval")
+        require(objective in samplers.OBJECTIVES, "amed_objective", f"one of {samplers.OBJECTIVES}", objective)
     sigma_data = (config.get("loss_kwargs") or {}).get("sigma_data", 0.5)
     check_positive(sigma_data, "loss_kwargs.sigma_data")
 

@@ -3,7 +3,7 @@
 Every sampler is `sample_<slug>(denoise_fn, x_T, sigmas, *, key=None, **opts)`, runs in `lax.scan`, and its
 module declares `ORDER`; `nfe(sampler, sigmas, **opts)` counts denoiser evaluations (AFS counted).
 """
-from kexue_jax.samplers.amed import (TEACHERS, AMEDPredictor, amed_distillation_loss, amed_step,
+from kexue_jax.samplers.amed import (OBJECTIVES, TEACHERS, AMEDPredictor, amed_distillation_loss, amed_step,
                                      amed_teacher_trajectory, sample_amed, sample_amed_plugin, train_amed_predictor)
 from kexue_jax.samplers.common import (afs_direction, edm_sigmas, gaussian_denoiser, gaussian_ode_solution,
                                        logsnr_sigmas, mixture_denoiser, nfe, refine_sigmas, time_uniform_sigmas)
@@ -19,7 +19,7 @@ __all__ = [
     "sample_euler", "sample_ddim", "sample_ddpm", "sample_heun", "sample_dpm_solver_2", "sample_dpm_solver_pp",
     "sample_ipndm", "sample_unipc", "sample_deis", "sample_amed", "sample_amed_plugin",
     "AMEDPredictor", "amed_step", "amed_teacher_trajectory", "amed_distillation_loss", "train_amed_predictor",
-    "TEACHERS", "afs_direction", "nfe", "edm_sigmas", "logsnr_sigmas", "time_uniform_sigmas", "refine_sigmas",
+    "TEACHERS", "OBJECTIVES", "afs_direction", "nfe", "edm_sigmas", "logsnr_sigmas", "time_uniform_sigmas", "refine_sigmas",
     "gaussian_denoiser", "gaussian_ode_solution", "mixture_denoiser", "ddpm_step_std",
     "dpm_solver_pp_coefficients", "ipndm_coefficients", "unipc_coefficients", "deis_coefficients",
 ]
