@@ -490,7 +490,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
                          learning_rate: float = 5e-3, afs: bool = True, has_aux: bool = False,
                          student: str = "amed", max_order: int | None = None, lower_order_final: bool = True,
                          afs_mean=None, teacher: str = "heun", objective: str = "interval"):
-    """Distils `predictor` as the official `AMED_loss` / training loop does.
+    """Distils `predictor` as the official `AMED_loss` / training loop does (objective='interval', the default).
 
     For each batch x_T = sample_x_T(key_b): the teacher trajectory on the refined grid; then for each
     student interval i: one student step from the teacher point at σ_i (AMED-Solver) — or, for the plugin on

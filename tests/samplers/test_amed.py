@@ -431,7 +431,7 @@ def test_final_objective_ends_nearer_the_teacher_than_the_greedy_one():
 
 
 def test_unknown_objective_is_rejected():
-    mu, _, den = _mixture_with_features()
+    _, _, den = _mixture_with_features()
     pred = S.AMEDPredictor(1, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"`objective` must be one of \('interval', 'final'\); got 'end'"):
         S.train_amed_predictor(pred, den, S.edm_sigmas(4), lambda k: jnp.zeros((2, 8)), key=jax.random.key(0),
