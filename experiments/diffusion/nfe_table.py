@@ -20,7 +20,8 @@ zero-mean data) were evaluated the same way: at NFE 5, mnist5k AMED-Solver 12.0 
 5.22 (results/nfe_table_*.md, section "AFS with the data mean"). `--config.amed_objective=final` (ours: distil
 on the error of the whole student run, not per interval) puts the digits plugin at NFE 5 at 4.04 (paper's AFS)
 and 2.99 (data mean), below DDIM, DPM-Solver++(3M) and iPNDM (results/nfe_table_digits.md, "Distilling on the
-final error").
+final error"); on mnist5k (6000 steps) the plugin with the data mean 25.96 (iPNDM 31.59) but with the paper's AFS
+50.2, and it hurts AMED-Solver (28.1 -> 121.4; results/nfe_table_mnist5k.md, "The 6000-step check").
 
 Setup: the author's U-Net with a sinusoidal noise-label embedding, EDM-preconditioned (σ_d = 0.5) and trained
 with the EDM loss on dequantised digits in [−1, 1]; then `kexue_jax.diffusion.nfe_table.evaluate` samples 500
