@@ -80,7 +80,8 @@ def get_config(arg=None):
     config.amed_plugin_teacher = "heun"  # or 'ipndm', the official CIFAR-10 plugin teacher (launch.sh)
     config.amed_batch_size = 8 if smoke else 64
     # 'interval' (the official AMED_loss loop) or 'final' (ours: the error of the whole student run, one step
-    # per batch; `samplers.train_amed_predictor`)
+    # per batch; `samplers.train_amed_predictor`). On mnist5k 'final' helps the plugin with afs_mean and hurts
+    # AMED-Solver (results/nfe_table_mnist5k.md, "The 6000-step check").
     config.amed_objective = "interval"
     config.optimizer = "optax.adam"
     config.optimizer_kwargs = {}
