@@ -66,9 +66,20 @@ def test_glow_data_init_standardises_every_actnorm_input():
     assert np.any(np.asarray(model.flow.layers[1].actnorm.log_scale[...]) != 0)
 
 
-def test_data_init_runs_through_the_trainer_hook(tmp_path):
+def test_data_init_runs_through_the_trainer_hook(tmp_path, monkeypatch):
     from experiments.flows import glow as glow_config
     from kexue_jax.core import train
+
+    # the hook must call `data_init` once, with the model and a full first batch (the real function then
+    # runs; its maths is checked by the two tests above)
+    calls = []
+    real_data_init = F.data_init
+
+    def recording_data_init(model, batch, *, key):
+        calls.append((type(model).__name__, tuple(batch["image"].shape)))
+        real_data_init(model, batch, key=key)
+
+    monkeypatch.setattr(F, "data_init", recording_data_init)
 
     config = glow_config.get_config("smoke")
     # a smaller Glow than the smoke run's (depth 1, width 4): the hook and the trainer are what is tested
@@ -81,6 +92,7 @@ def test_data_init_runs_through_the_trainer_hook(tmp_path):
     config.evaluate = None
     del config["evaluate"]
     results = train.train_and_evaluate(config, str(tmp_path))
+    assert calls == [("Glow", (config.batch_size, 8, 8, 1))], calls
     assert math.isfinite(results["train/loss"])
 
 

@@ -5,6 +5,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.optim import exponentiated_gradient as eg_config
@@ -81,13 +82,24 @@ def test_bad_optimizer_names(name, message):
     ablation.make_optimizer(name, 1e-3, {})
 
 
-def test_every_named_optimizer_builds():
+def test_every_named_optimizer_builds_and_its_first_step_is_its_base_optimizers():
+  # Gains and scale start at 1 and their EG/hypergradient updates multiply by the previous gradient
+  # (or update), which is zero before the first step: so the first update of every method of the
+  # article family equals that of its base, -lr·g for SGD and SGDM, Adam's for Adam. The optax peers
+  # only have to descend (rprop's and mechanize's first steps are exactly zero by construction).
   config = eg_config.get_config()
+  g = jnp.array([1.0, -2.0, 0.5])
+  params = jnp.ones(3)
+  adam_first, _ = optax.adam(1e-2).update(g, optax.adam(1e-2).init(params), params)
   for name in config.optimizers:
     opt = ablation.make_optimizer(name, jnp.float32(1e-2), dict(config.gammas))
-    state = opt.init(jnp.ones(3))
-    u, _ = opt.update(jnp.ones(3), state, jnp.ones(3))
-    assert u.shape == (3,)
+    u, _ = opt.update(g, opt.init(params), params)
+    assert u.shape == (3,) and bool(jnp.all(jnp.isfinite(u))), (name, u)
+    assert float(jnp.vdot(u, g)) <= 0.0, (name, u)
+    if name in ablation.PEERS and not name.startswith("hd_"):
+      continue
+    expected = adam_first if "adam" in name else -1e-2 * g
+    np.testing.assert_allclose(np.asarray(u), np.asarray(expected), rtol=1e-6, atol=0, err_msg=name)
 
 
 def test_run_writes_one_row_per_grid_point_and_survives_a_failing_pair(tmp_path, monkeypatch):
