@@ -77,48 +77,32 @@ def _best(fn, repeats: int) -> float:
 
 
 def _denoisers(config, graphdef, params, model_state):
-    """(D(x, σ), D with pooled bottleneck features, σ_min, σ_max) of the config's network and loss."""
+    """(D(x, σ), D with pooled bottleneck features, σ_min, σ_max, DDPM schedule or None) of the config."""
     kind = config.loss.rsplit(".", 1)[-1]
-
-    def net(return_features):
-        m = train.merge_model(graphdef, params, model_state)
-        return lambda x, c: m(x, c, return_features=return_features)
-
     if kind == "edm_loss":
         sd = float(config.loss_kwargs.get("sigma_data", 0.5))
-
-        def make(feat):
-            def d(x, sigma):
-                box = {}
-
-                def f(x_in, c):
-                    out = net(feat)(x_in, c)
-                    if feat:
-                        out, box["f"] = out
-                    return out
-                y = precond.edm_denoiser(f, sd)(x, sigma)
-                return (y, box["f"]) if feat else y
-            return d
-        return make(False), make(True), 0.002, 80.0, None
-    if kind != "ddpm_loss":
+        wrap, sigma_min, sigma_max, sched = (lambda f: precond.edm_denoiser(f, sd)), 0.002, 80.0, None
+    elif kind == "ddpm_loss":
+        sched = schedules.make_schedule(config.loss_kwargs.get("schedule", "article"),
+                                        int(config.loss_kwargs.get("num_timesteps", 1000)))
+        vp = schedules.vp_sigmas(sched)
+        wrap, sigma_min, sigma_max = (lambda f: precond.ddpm_denoiser(f, sched)), float(vp[1]), float(vp[-1])
+    else:
         raise ValueError(f"config.loss must be ddpm_loss or edm_loss; got {config.loss!r}")
-    sched = schedules.make_schedule(config.loss_kwargs.get("schedule", "article"),
-                                    int(config.loss_kwargs.get("num_timesteps", 1000)))
 
     def make(feat):
         def d(x, sigma):
             box = {}
 
-            def eps(x_t, t):
-                out = net(feat)(x_t, t)
+            def net(x_in, c):  # the network (F for EDM, ε for DDPM); keeps the features when asked
+                out = train.merge_model(graphdef, params, model_state)(x_in, c, return_features=feat)
                 if feat:
                     out, box["f"] = out
                 return out
-            y = precond.ddpm_denoiser(eps, sched)(x, sigma)
+            y = wrap(net)(x, sigma)
             return (y, box["f"]) if feat else y
         return d
-    vp = schedules.vp_sigmas(sched)
-    return make(False), make(True), float(vp[1]), float(vp[-1]), sched
+    return make(False), make(True), sigma_min, sigma_max, sched
 
 
 def main(argv=None):
