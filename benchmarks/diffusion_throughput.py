@@ -129,6 +129,9 @@ def main(argv=None):
             p.error(f"--ddpm-steps must be 'auto' or a non-negative integer; got {ddpm_steps}")
 
     config = _config(args.model)
+    num_timesteps = int(config.loss_kwargs.get("num_timesteps", 1000))
+    if ddpm_steps is not None and ddpm_steps > num_timesteps:  # a learned embedding has T + 1 rows
+        p.error(f"--ddpm-steps must be at most the config's num_timesteps ({num_timesteps}); got {ddpm_steps}")
     config.batch_size = args.batch
     config.mesh = dict(data=-1)
     mesh = sharding_lib.make_mesh(config.mesh)
@@ -195,7 +198,7 @@ def main(argv=None):
     grid = lambda n: schedules.edm_sigmas(n + 1, sigma_min, sigma_max, 7.0)  # noqa: E731
 
     def chain(k):
-        sig = jnp.asarray(schedules.edm_sigmas(k, sigma_min, sigma_max, 7.0))
+        sig = jnp.asarray(grid(k)[:k])  # k noise levels: one per denoiser call
         return jax.jit(lambda y: jax.lax.scan(lambda c, s: (den(c, s), None), y, sig)[0])
 
     print(f"samplers at NFE {args.nfe} (steps chosen so that samplers.nfe = {args.nfe}, or the largest below); "
@@ -228,11 +231,13 @@ def main(argv=None):
         if t_steps != sched.num_steps:
             sched = schedules.make_schedule(config.loss_kwargs.get("schedule", "article"), t_steps)
         anc = jax.jit(lambda y: ddpm_lib.ddpm_sample(m, y, key=jax.random.key(3), schedule=sched))
-        t_a = _best(lambda: anc(x).block_until_ready(), max(1, args.repeats // 3))
+        x_unit = x / sigma_max  # the article's x_T ~ N(0, I)
+        t_a = _best(lambda: anc(x_unit).block_until_ready(), max(1, args.repeats // 3))
         print(f"ddpm ancestral (article, T = {t_steps}): {args.batch / t_a:.2f} images/s "
               f"({1e3 * t_a / t_steps:.1f} ms per step; {t_a / t_steps / t_fwd:.2f} x one forward pass)")
     elif sched is not None:
-        print("ddpm ancestral (article, T = 1000): skipped on CPU (hours); pass --ddpm-steps N to time N steps")
+        print(f"ddpm ancestral (article, T = {num_timesteps}): skipped on CPU (hours); pass --ddpm-steps N to time "
+              f"N steps")
 
 
 if __name__ == "__main__":
