@@ -7,6 +7,15 @@ Command:
     python -m experiments.main --config experiments/diffusion/nfe_table.py --workdir /tmp/nfe_table
     python -m experiments.main --config experiments/diffusion/nfe_table.py:smoke --workdir /tmp/nfe_smoke
     python -m experiments.main --config experiments/diffusion/nfe_table.py:mnist5k --workdir /tmp/nfe_mnist5k
+    python -m experiments.main --config experiments/diffusion/nfe_table.py:cifar10 --workdir /tmp/nfe_cifar10
+
+`:cifar10` (accelerator scale, not run: no GPU was lent to this work) is the same table on a user-prepared tfds
+cifar10 (`tfds build cifar10 --data_dir DIR --file_format array_record`, then KEXUE_JAX_TFDS_DIR=DIR; without
+it the run stops at once naming that command): the author's U-Net sizes at 32×32×3 (50.5M parameters),
+EDM-preconditioned and trained with the EDM loss for 200k steps at batch 128 (ours), 1000 samples per cell,
+the official AMED distillation budget (80 × 128 trajectories) and plugin teacher (iPNDM). Its FD is in the
+features of an in-repo MLP classifier trained on CIFAR-10, NOT Inception FID, so the published table below
+is comparable in ORDER only. `python -m benchmarks.diffusion_throughput --model cifar10` times the same U-Net.
 
 `:mnist5k` is the same table on mnist5k (28×28, 256 levels; U-Net pooling 28 -> 14 -> 7), measured
 2026-11-22 (`python -m experiments.reproduce --scale full --only nfe_table --arg mnist5k`, 6953 s on the 2-core
@@ -46,9 +55,15 @@ Expected result: see results/RESULTS.md.
 import ml_collections
 
 
+VARIANTS = (None, "smoke", "mnist5k", "cifar10")
+
+
 def get_config(arg=None):
+    if arg not in VARIANTS:
+        raise ValueError(f"the nfe_table config variant must be one of {VARIANTS}; got {arg!r}")
     smoke = arg == "smoke"
     mnist = arg == "mnist5k"
+    cifar = arg == "cifar10"
     config = ml_collections.ConfigDict()
     config.runner = "kexue_jax.core.train.train_and_evaluate"
     config.article = dict(id="9881", title="生成扩散模型漫谈（二十一）：中值定理加速ODE采样", slug="amed")
@@ -61,15 +76,20 @@ def get_config(arg=None):
     if not smoke:  # the paper's NFE-5 plugin cell (AFS on); the smoke run has no plugin
         config.reports.insert(1, dict(metric="test/fd_amed_plugin_afs_nfe5", reference_metric="test/fd_heun100"))
     config.seed = 0
-    config.dataset = "mnist5k" if mnist else "digits"
+    config.dataset = "mnist5k" if mnist else "tfds:cifar10" if cifar else "digits"
     config.data_dir = None
     config.model = "kexue_jax.nn.unet.UNet"
-    unet = (dict(embedding_size=8, channel_multipliers=(1,), blocks=1, min_pixel=4, num_groups=4) if smoke else
-            dict(embedding_size=32, channel_multipliers=(1, 2, 2), blocks=1, min_pixel=7 if mnist else 2,
-                 num_groups=8))
-    config.model_kwargs = dict(image_size=28 if mnist else 8, in_channels=1, time_embedding="sinusoidal", **unet)
+    if cifar:  # the author's sizes (= kexue_jax.nn.unet.article_unet_kwargs(), as in ddpm_cifar10.py)
+        unet = dict(embedding_size=128, channel_multipliers=(1, 1, 2, 2, 4, 4), blocks=2, min_pixel=4, num_groups=32)
+    elif smoke:
+        unet = dict(embedding_size=8, channel_multipliers=(1,), blocks=1, min_pixel=4, num_groups=4)
+    else:
+        unet = dict(embedding_size=32, channel_multipliers=(1, 2, 2), blocks=1, min_pixel=7 if mnist else 2,
+                    num_groups=8)
+    size, channels = (28, 1) if mnist else (32, 3) if cifar else (8, 1)
+    config.model_kwargs = dict(image_size=size, in_channels=channels, time_embedding="sinusoidal", **unet)
     config.loss = "kexue_jax.diffusion.precond.edm_loss"
-    config.loss_kwargs = dict(sigma_data=0.5, levels=256 if mnist else 17)
+    config.loss_kwargs = dict(sigma_data=0.5, levels=256 if (mnist or cifar) else 17)
     config.evaluate = "kexue_jax.diffusion.nfe_table.evaluate"
     # tuples, so that `--config.sampler_names="('amed',)"` can select rows on the command line
     # The last three rows are ours (AFS with the data mean, `samplers.afs_direction`), beside the paper's.
@@ -80,14 +100,15 @@ def get_config(arg=None):
     config.nfe_list = (5,) if smoke else (3, 4, 5, 6, 8, 10)
     config.sigma_min = 0.002
     config.sigma_max = 80.0
-    config.eval_num_samples = 20 if smoke else 500
-    config.classifier_steps = 20 if smoke else 2000
+    config.eval_num_samples = 20 if smoke else 1000 if cifar else 500
+    config.classifier_steps = 20 if smoke else 5000 if cifar else 2000
     # Paired bootstrap resamples of the x_T rows: each FD's standard error and P(AMED row < baseline), ours
     config.fd_bootstrap = 20 if smoke else 200
-    config.amed_num_batches = 1 if smoke else 40
+    # cifar10: the official budget (launch.sh: --batch=128 --total_kimg=10, 10,240 trajectories) and teacher
+    config.amed_num_batches = 1 if smoke else 80 if cifar else 40
     config.amed_plugin_inserted = 2  # M, the teacher's inserted steps per interval for the plugin (official: 2)
-    config.amed_plugin_teacher = "heun"  # or 'ipndm', the official CIFAR-10 plugin teacher (launch.sh)
-    config.amed_batch_size = 8 if smoke else 64
+    config.amed_plugin_teacher = "ipndm" if cifar else "heun"  # 'ipndm': the official CIFAR-10 plugin teacher
+    config.amed_batch_size = 8 if smoke else 128 if cifar else 64
     # 'interval' (the official AMED_loss loop) or 'final' (ours: the error of the whole student run, one step
     # per batch; `samplers.train_amed_predictor`). 'final' helps the plugin with afs_mean on all four seeds of
     # mnist5k and of digits; it hurts AMED-Solver (paper's AFS) on three mnist5k seeds of four, so the paper's
@@ -98,14 +119,16 @@ def get_config(arg=None):
     config.optimizer_kwargs = {}
     config.learning_rate = 1e-3
     config.lr_schedule = "warmup_cosine"
-    config.warmup_steps = 1 if smoke else 200
-    config.grad_clip_norm = 1.0 if smoke else None
-    config.ema_decay = None if smoke else 0.999
+    # cifar10 (ours, untuned; no run yet): 200k steps at batch 128 (25.6M images, an eighth of EDM's CIFAR-10
+    # budget), warm-up and EMA as ddpm_cifar10.py
+    config.warmup_steps = 1 if smoke else 4000 if cifar else 200
+    config.grad_clip_norm = 1.0 if (smoke or cifar) else None
+    config.ema_decay = None if smoke else 0.9999 if cifar else 0.999
     config.batch_size = 64 if smoke else 128
-    config.num_steps = 20 if smoke else 6000
-    config.log_every = 10 if smoke else 200
+    config.num_steps = 20 if smoke else 200_000 if cifar else 6000
+    config.log_every = 10 if smoke else 500 if cifar else 200
     # mnist5k: every 500 steps, so a run cut off by a session's end loses little (`reproduce --resume`).
-    config.checkpoint_every = 20 if smoke else (500 if mnist else 2000)
+    config.checkpoint_every = 20 if smoke else 5000 if cifar else (500 if mnist else 2000)
     config.keep_checkpoints = 2
     config.eval_every = 0
     config.mesh = dict(data=-1)

@@ -14,7 +14,6 @@ References:
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -158,13 +157,14 @@ def class_histogram_metrics(predicted, num_classes: int) -> dict[str, float]:
     return {"class_coverage": float(np.sum(counts > 0)), "class_entropy": float(-np.sum(nz * np.log(nz)))}
 
 
-@functools.lru_cache(maxsize=4)
-def _trained_classifier(name: str, n: int, image_shape: tuple, levels: int, num_classes: int, hidden: tuple,
-                        steps: int, seed: int, batch_size: int):
-    from kexue_jax import data as data_lib
+_CLASSIFIERS: dict = {}  # (name, split, n, shape, levels, classes, hidden, steps, seed, batch) -> classifier
+_MAX_CLASSIFIERS = 4
+
+
+def _fit_classifier(ds, image_shape: tuple, levels: int, num_classes: int, hidden: tuple, steps: int, seed: int,
+                    batch_size: int):
     from kexue_jax.nn.mlp import ImageClassifier, classifier_loss
 
-    ds = data_lib.load(name, "train")
     model = ImageClassifier(image_shape=image_shape, hidden=hidden, num_classes=num_classes, levels=levels,
                             rngs=nnx.Rngs(seed))
     tx = optax.adam(1e-3)
@@ -182,25 +182,34 @@ def _trained_classifier(name: str, n: int, image_shape: tuple, levels: int, num_
 
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        idx = rng.choice(n, batch_size, replace=False)
+        idx = rng.choice(len(ds), batch_size, replace=False)
         params, opt_state = step(params, opt_state, ds.batch(idx))
     return nnx.merge(graphdef, params)
 
 
 def train_classifier(train, *, steps: int = 2000, seed: int = 0, hidden=(256, 128), batch_size: int = 128):
-    """An `ImageClassifier` trained with Adam(1e-3) on an embedded image dataset's training split (cached).
+    """An `ImageClassifier` trained with Adam(1e-3) on the image Dataset `train` (cached).
+
+    The classifier is fitted on `train` itself (embedded or tfds, any data_dir, any split or slice); the last
+    few are cached by the dataset's name, split, size and the training setup.
 
     Args:
-      train: the training Dataset (its `name` selects the data; it must be an embedded dataset).
+      train: the training Dataset ('image' uint8 [n, h, w, c] and 'label').
       steps, seed, hidden, batch_size: training setup; the penultimate layer (hidden[-1] units) gives the
         FD-digits features.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be an int >= 0; got {steps!r}")
-    name = getattr(train, "name", None)
     image_shape = tuple(int(s) for s in train.arrays["image"].shape[1:])
-    return _trained_classifier(name, len(train), image_shape, int(train.levels), int(train.num_classes),
-                               tuple(hidden), steps, seed, min(batch_size, len(train)))
+    batch_size = min(batch_size, len(train))
+    key = (getattr(train, "name", None), getattr(train, "split", None), len(train), image_shape, int(train.levels),
+           int(train.num_classes), tuple(hidden), steps, seed, batch_size)
+    if key not in _CLASSIFIERS:
+        if len(_CLASSIFIERS) >= _MAX_CLASSIFIERS:
+            _CLASSIFIERS.pop(next(iter(_CLASSIFIERS)))  # the oldest
+        _CLASSIFIERS[key] = _fit_classifier(train, image_shape, int(train.levels), int(train.num_classes),
+                                            tuple(hidden), steps, seed, batch_size)
+    return _CLASSIFIERS[key]
 
 
 def classifier_features(classifier, images, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:

@@ -60,7 +60,7 @@ def _nfe_config(arg=None, **overrides):
     return config
 
 
-@pytest.mark.parametrize("arg", ["smoke", None, "mnist5k"])
+@pytest.mark.parametrize("arg", ["smoke", None, "mnist5k", "cifar10"])
 def test_shipped_nfe_configs_pass_the_evaluate_check(arg):
     from kexue_jax.core.config import validate_train_config
 
@@ -146,3 +146,9 @@ def test_bootstrap_results_probability_is_a_fraction_of_replicates():
     reps = metrics.paired_bootstrap_fd({"amed@5": a, "ddim@5": b}, ref, num_resamples=400, seed=0)
     p = out["test/p_below_ddim_amed_nfe5"]
     assert p == np.mean(reps["amed@5"] < reps["ddim@5"]) and 0.02 < p < 0.98
+
+
+def test_an_unknown_config_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"variant must be one of \(None, 'smoke', 'mnist5k', 'cifar10'\); "
+                                         r"got 'mnist'"):
+        _nfe_config("mnist")

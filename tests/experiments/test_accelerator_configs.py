@@ -11,12 +11,14 @@ from flax import nnx
 from experiments import reproduce
 from kexue_jax.core import config as config_lib
 
-CIFAR = ["flows/glow_cifar10.py", "flows/realnvp_cifar10.py", "diffusion/ddpm_cifar10.py"]
+CIFAR = ["flows/glow_cifar10.py", "flows/realnvp_cifar10.py", "diffusion/ddpm_cifar10.py",
+         "diffusion/nfe_table.py:cifar10"]
 
 
 @pytest.mark.parametrize("rel", CIFAR)
 def test_full_size_cifar10_config_validates_and_traces(rel):
-    config = reproduce.load_config(os.path.join(reproduce.REPO, "experiments", rel), None)
+    rel, _, arg = rel.partition(":")
+    config = reproduce.load_config(os.path.join(reproduce.REPO, "experiments", rel), arg or None)
     assert config.dataset.startswith("tfds:cifar10")
     resolved = config_lib.validate_train_config(config, num_devices=1)
     kwargs = dict(config.model_kwargs)
