@@ -14,6 +14,7 @@ References:
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import jax
@@ -157,7 +158,7 @@ def class_histogram_metrics(predicted, num_classes: int) -> dict[str, float]:
     return {"class_coverage": float(np.sum(counts > 0)), "class_entropy": float(-np.sum(nz * np.log(nz)))}
 
 
-_CLASSIFIERS: dict = {}  # (name, split, n, shape, levels, classes, hidden, steps, seed, batch) -> classifier
+_CLASSIFIERS: dict = {}  # (data digest, shape, levels, classes, hidden, steps, seed, batch) -> classifier
 _MAX_CLASSIFIERS = 4
 
 
@@ -191,7 +192,7 @@ def train_classifier(train, *, steps: int = 2000, seed: int = 0, hidden=(256, 12
     """An `ImageClassifier` trained with Adam(1e-3) on the image Dataset `train` (cached).
 
     The classifier is fitted on `train` itself (embedded or tfds, any data_dir, any split or slice); the last
-    few are cached by the dataset's name, split, size and the training setup.
+    few are cached by a digest of the images and labels and the training setup.
 
     Args:
       train: the training Dataset ('image' uint8 [n, h, w, c] and 'label').
@@ -202,8 +203,11 @@ def train_classifier(train, *, steps: int = 2000, seed: int = 0, hidden=(256, 12
         raise ValueError(f"`steps` must be an int >= 0; got {steps!r}")
     image_shape = tuple(int(s) for s in train.arrays["image"].shape[1:])
     batch_size = min(batch_size, len(train))
-    key = (getattr(train, "name", None), getattr(train, "split", None), len(train), image_shape, int(train.levels),
-           int(train.num_classes), tuple(hidden), steps, seed, batch_size)
+    digest = hashlib.sha256()
+    for k in ("image", "label"):  # the data itself: two datasets of one name (other data_dirs) never collide
+        digest.update(np.ascontiguousarray(train.arrays[k]).tobytes())
+    key = (digest.hexdigest(), image_shape, int(train.levels), int(train.num_classes), tuple(hidden), steps, seed,
+           batch_size)
     if key not in _CLASSIFIERS:
         if len(_CLASSIFIERS) >= _MAX_CLASSIFIERS:
             _CLASSIFIERS.pop(next(iter(_CLASSIFIERS)))  # the oldest
