@@ -37,6 +37,7 @@ accelerator numbers issue 5 asks for):
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 
@@ -134,13 +135,13 @@ def main(argv=None):
         p.error(f"--ddpm-steps must be at most the config's num_timesteps ({num_timesteps}); got {ddpm_steps}")
     config.batch_size = args.batch
     config.mesh = dict(data=-1)
+    # the trainer's own resolution and checks (batch vs devices included), then its optimizer and loss binding
+    resolved = config_lib.validate_train_config(config, num_devices=jax.device_count())
     mesh = sharding_lib.make_mesh(config.mesh)
-    sharding_lib.check_batch_size(args.batch, config.mesh)
-    model_cls = config_lib.import_object(config.model, key="model")
-    loss_fn = config_lib.import_object(config.loss, key="loss")
-    tx = train.make_optimizer(config, config_lib.import_object(config.optimizer, key="optimizer"))
-    graphdef, state, shardings = train.init_state(model_cls, dict(config.model_kwargs), tx, seed=0, mesh=mesh,
-                                                  ema=config.get("ema_decay") is not None)
+    tx = train.make_optimizer(config, resolved["optimizer"])
+    loss_fn = functools.partial(resolved["loss"], **dict(config.loss_kwargs))
+    graphdef, state, shardings = train.init_state(resolved["model"], dict(config.model_kwargs), tx, seed=0,
+                                                  mesh=mesh, ema=config.get("ema_decay") is not None)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     kw = dict(config.model_kwargs)
     shape = (kw["image_size"], kw["image_size"], kw["in_channels"])
@@ -151,9 +152,8 @@ def main(argv=None):
           f"{platform.processor() or platform.machine()}; min of {args.repeats} after a warm-up")
 
     # --- training: the trainer's step against one denoiser forward pass at the same batch
-    step = train.jit_train_step(
-        train.make_train_step(lambda m, b, *, key: loss_fn(m, b, key=key, **dict(config.loss_kwargs)), tx,
-                              graphdef, ema_decay=config.get("ema_decay")), mesh, shardings)
+    step = train.jit_train_step(train.make_train_step(loss_fn, tx, graphdef, ema_decay=config.get("ema_decay")),
+                                mesh, shardings)
     rng = np.random.default_rng(0)
     batch = sharding_lib.put_batch({"image": rng.integers(0, levels, (args.batch, *shape)).astype(np.uint8)},
                                    sharding_lib.batch_sharding(mesh))

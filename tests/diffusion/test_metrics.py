@@ -1,6 +1,7 @@
 """FD-digits against a scipy.linalg.sqrtm reference and a closed form; energy distance against scipy / brute force."""
 import math
 
+import jax
 import numpy as np
 import pytest
 import scipy.linalg
@@ -117,6 +118,10 @@ def test_bad_inputs(fn, message):
     assert message in str(e.value)
 
 
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
 def test_classifier_trains_on_the_dataset_it_is_given_even_from_a_tfds_data_dir(tmp_path, monkeypatch):
     # The FD classifier must be fitted on the Dataset passed in, not on a reload by name: a tfds dataset
     # loaded with an explicit data_dir (config.data_dir, no environment variable) cannot be reloaded by name,
@@ -128,17 +133,14 @@ def test_classifier_trains_on_the_dataset_it_is_given_even_from_a_tfds_data_dir(
 
     assert cli.main(["prepare", "digits", "--data_dir", str(tmp_path / "tfds")]) == 0
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "empty"))  # nothing reachable by name alone
+    monkeypatch.setattr(M, "_CLASSIFIERS", {})
     from_tfds = M.train_classifier(data.load("tfds:kexue_digits", "train", data_dir=tmp_path / "tfds"), steps=3)
+    M._CLASSIFIERS.clear()  # fit again from the embedded copy: the comparison must not be a cache hit
     embedded = M.train_classifier(data.load("digits", "train"), steps=3)
-    for a, b in zip(jax_leaves(nnx.state(from_tfds)), jax_leaves(nnx.state(embedded))):
+    assert embedded is not from_tfds
+    for a, b in zip(_leaves(nnx.state(from_tfds)), _leaves(nnx.state(embedded))):
         np.testing.assert_array_equal(a, b)
     # a slice is a different training set: a different classifier, not the cached full-split one
     sliced = M.train_classifier(data.load("tfds:kexue_digits", "train[:200]", data_dir=tmp_path / "tfds"), steps=3)
-    assert any(not np.array_equal(a, b) for a, b in zip(jax_leaves(nnx.state(sliced)),
-                                                        jax_leaves(nnx.state(embedded))))
-
-
-def jax_leaves(tree):
-    import jax
-
-    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+    assert any(not np.array_equal(a, b) for a, b in zip(_leaves(nnx.state(sliced)),
+                                                        _leaves(nnx.state(embedded))))
