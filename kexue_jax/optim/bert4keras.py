@@ -3,15 +3,18 @@
 | bert4keras (v0.11)            | here                              | optax pieces                                |
 |-------------------------------|-----------------------------------|---------------------------------------------|
 | piecewise_linear_lr           | `piecewise_linear_lr`             | a schedule for any `learning_rate`          |
-| weight_decay (exclude_from)   | `weight_decay`                    | decoupled −lr·rate·w, masked by name        |
-| layer_adaptation              | `layer_adaptation`                | trust ratio lr·‖w‖/‖u‖ (LAMB-style)         |
+| weight_decay (exclude_from)   | `weight_decay`                    | decoupled −lr_t·rate·w, masked by name      |
+| layer_adaptation              | `layer_adaptation`                | trust ratio lr_t·‖w‖/‖u‖ (LAMB-style)       |
 | gradient_accumulation         | `gradient_accumulation`           | `optax.MultiSteps`                          |
 | lookahead                     | `lookahead`                       | `optax.lookahead`                           |
-| lazy_optimization             | `lazy_optimization`               | zero the update where the gradient is zero  |
-| exponential_moving_average    | `exponential_moving_average`      | EMA of the parameters kept in the state     |
+| lazy_optimization             | `lazy_optimization`               | freeze rows whose gradient is all zero      |
+| exponential_moving_average    | `exponential_moving_average`      | float32 EMA in the state, `ema_weights`     |
 | parameter_wise_lr             | `parameter_wise_lr`               | per-leaf multipliers matched on the path    |
 
 Names are matched as substrings of the '/'-joined pytree path (bert4keras matched variable names).
+`learning_rate` of `weight_decay` and `layer_adaptation` is a number or an optax schedule of the step
+count: bert4keras's v2 wrappers use the decayed lr_t of the step, so pass the same schedule as the
+wrapped optimizer's.
 
 References:
   https://kexue.fm/archives/8968 (the optimizer family these wrap)
@@ -79,56 +82,73 @@ def _name_mask(params, names: Sequence[str], *, match: bool):
   return jax.tree_util.tree_map_with_path(f, params)
 
 
-def weight_decay(optimizer: optax.GradientTransformation, rate: float, learning_rate: float, *,
-                 exclude_from: Sequence[str] = ()) -> optax.GradientTransformation:
-  """Decoupled weight decay −lr·rate·w added to `optimizer`'s update, except for excluded names."""
-  _check_optimizer(optimizer)
-  _checks.check_number("rate", rate)
-  _checks.check_number("learning_rate", learning_rate)
-  names = tuple(exclude_from)
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
-    u, state = optimizer.update(updates, state, params)
-
-    def decay(path, ui, w):
-      if any(n in _path_name(path) for n in names):
-        return ui
-      return (ui - learning_rate * rate * w).astype(ui.dtype)
-    return jax.tree_util.tree_map_with_path(decay, u, params), state
-
-  return optax.GradientTransformation(optimizer.init, update_fn)
+class ScheduledState(NamedTuple):
+  inner: Any        # the wrapped optimizer's state
+  count: jax.Array  # int32 scalar: steps taken, the argument of the learning-rate schedule
 
 
-def layer_adaptation(optimizer: optax.GradientTransformation, learning_rate: float, *,
-                     exclude_from: Sequence[str] = ()) -> optax.GradientTransformation:
-  """Per-leaf trust ratio: u ← u · lr‖w‖/‖u‖ (when both norms are positive), as bert4keras.
+def _check_learning_rate(learning_rate, *, strict):
+  if not callable(learning_rate):
+    _checks.check_number("learning_rate", learning_rate, strict=strict)
+  return learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
-  bert4keras rescales the learning rate by ‖w‖/‖u/lr‖ for every non-excluded variable, i.e. LAMB's
-  trust ratio applied to any optimizer (`optimizer` includes its learning rate `learning_rate`).
-  """
-  _check_optimizer(optimizer)
-  _checks.check_number("learning_rate", learning_rate, strict=True)
-  names = tuple(exclude_from)
+
+def _scheduled(optimizer, learning_rate, transform):
+  """Wraps `optimizer`; `transform(path, u, w, lr_t)` edits each leaf's update with lr_t = lr(count)."""
 
   def init_fn(params):
-    return optimizer.init(params)
+    return ScheduledState(optimizer.init(params), jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
-    u, state = optimizer.update(updates, state, params)
-
-    def adapt(path, ui, w):
-      if any(n in _path_name(path) for n in names):
-        return ui
-      nw, nu = jnp.linalg.norm(w), jnp.linalg.norm(ui)
-      ratio = jnp.where((nw > 0) & (nu > 0), learning_rate * nw / jnp.where(nu > 0, nu, 1), 1.0)
-      return (ui * ratio).astype(ui.dtype)
-    return jax.tree_util.tree_map_with_path(adapt, u, params), state
+    u, inner = optimizer.update(updates, state.inner, params)
+    lr_t = learning_rate(state.count)
+    u = jax.tree_util.tree_map_with_path(lambda path, ui, w: transform(path, ui, w, lr_t), u, params)
+    return u, ScheduledState(inner, optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def weight_decay(optimizer: optax.GradientTransformation, rate: float, learning_rate: Any, *,
+                 exclude_from: Sequence[str] = ()) -> optax.GradientTransformation:
+  """Decoupled weight decay −lr_t·rate·w added to `optimizer`'s update, except for excluded names.
+
+  `learning_rate` is a number or a schedule (lr_t = learning_rate(step)), as the wrapped optimizer's;
+  adam + weight_decay(rate, lr) is `optax.adamw(lr, weight_decay=rate)` (tested).
+  """
+  _check_optimizer(optimizer)
+  _checks.check_number("rate", rate)
+  lr = _check_learning_rate(learning_rate, strict=False)
+  names = tuple(exclude_from)
+
+  def decay(path, ui, w, lr_t):
+    if any(n in _path_name(path) for n in names):
+      return ui
+    return (ui - lr_t * rate * w).astype(ui.dtype)
+  return _scheduled(optimizer, lr, decay)
+
+
+def layer_adaptation(optimizer: optax.GradientTransformation, learning_rate: Any, *,
+                     exclude_from: Sequence[str] = ()) -> optax.GradientTransformation:
+  """Per-leaf trust ratio: u ← u · lr_t‖w‖/‖u‖ (when both norms are positive), as bert4keras.
+
+  bert4keras rescales the step of every non-excluded variable by ‖w‖/‖u/lr_t‖ with lr_t the step's
+  decayed learning rate (floored at 1e-7), i.e. LAMB's trust ratio applied to any optimizer: each step
+  has norm lr_t‖w‖. `learning_rate` is the number or schedule the wrapped `optimizer` uses.
+  """
+  _check_optimizer(optimizer)
+  lr = _check_learning_rate(learning_rate, strict=True)
+  names = tuple(exclude_from)
+
+  def adapt(path, ui, w, lr_t):
+    if any(n in _path_name(path) for n in names):
+      return ui
+    lr_t = jnp.maximum(lr_t, 1e-7)
+    nw, nu = jnp.linalg.norm(w), jnp.linalg.norm(ui)
+    ratio = jnp.where((nw > 0) & (nu > 0), lr_t * nw / jnp.where(nu > 0, nu, 1), 1.0)
+    return (ui * ratio).astype(ui.dtype)
+  return _scheduled(optimizer, lr, adapt)
 
 
 def gradient_accumulation(optimizer: optax.GradientTransformation, grad_accum_steps: int
@@ -155,11 +175,14 @@ def lookahead(optimizer: optax.GradientTransformation, steps: int = 5, alpha: fl
 
 def lazy_optimization(optimizer: optax.GradientTransformation, *, include_in: Sequence[str] | None = None
                       ) -> optax.GradientTransformation:
-  """Leave untouched every coordinate whose gradient is exactly zero (e.g. unused embedding rows).
+  """Leave untouched every row whose gradient is exactly zero (e.g. unused embedding rows).
 
-  bert4keras's lazy optimization: a sparse gradient must not move a row through momentum or decay.
-  `include_in` restricts it to leaves whose path contains one of the names (None: all leaves). The
-  optimizer's own state still advances (its moments decay), as in bert4keras.
+  bert4keras's lazy optimization: a row (the last axis) whose gradient is all zero must not move through
+  momentum or decay; a row with any non-zero gradient takes the optimizer's whole update, zero-gradient
+  coordinates included. A scalar leaf is its own row. `include_in` restricts it to leaves whose path
+  contains one of the names; None (our default) means every leaf, whereas bert4keras's default empty
+  list makes the wrapper do nothing. The optimizer's own state still advances (its moments decay), as
+  in bert4keras.
   """
   _check_optimizer(optimizer)
   names = None if include_in is None else tuple(include_in)
@@ -170,38 +193,63 @@ def lazy_optimization(optimizer: optax.GradientTransformation, *, include_in: Se
     def mask(path, ui, g):
       if names is not None and not any(n in _path_name(path) for n in names):
         return ui
-      return jnp.where(g != 0, ui, jnp.zeros_like(ui))
+      live = g != 0 if g.ndim == 0 else jnp.any(g != 0, axis=-1, keepdims=True)
+      return jnp.where(live, ui, jnp.zeros_like(ui))
     return jax.tree_util.tree_map_with_path(mask, u, updates), state
 
   return optax.GradientTransformation(optimizer.init, update_fn)
 
 
 class EMAState(NamedTuple):
-  inner: Any  # the wrapped optimizer's state
-  ema: Any    # pytree like params: the moving average of the parameters after each step
+  inner: Any              # the wrapped optimizer's state
+  ema: Any                # pytree like params, >= float32: m·ema + (1 − m)·params after each step, from 0
+  correction: jax.Array   # >= float32 scalar: the same average of the constant 1, i.e. 1 − m^t
+
+
+def _wide(x):
+  return jnp.asarray(x, jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
 
 
 def exponential_moving_average(optimizer: optax.GradientTransformation, momentum: float = 0.999
                                ) -> optax.GradientTransformation:
   """Keeps ema ← m·ema + (1 − m)·(params + update) in the state; the updates are unchanged.
 
-  The EMA starts at the initial parameters (bert4keras's `ema_initialize`); read it from
-  `state.ema` for evaluation. Needs `params`.
+  As bert4keras: the average starts at zero and is read with the bias correction 1/(1 − m^t)
+  (`ema_weights(state)`; bert4keras's `apply_ema_weights`), which equals `optax.ema(m, debias=True)`
+  of the parameter sequence (tested). The average is kept in float32 (or wider) even for bf16
+  parameters, where 0.999·ema would round back to ema. Needs `params`.
   """
   _check_optimizer(optimizer)
   _checks.check_number("momentum", momentum, maximum=1.0)
 
   def init_fn(params):
-    return EMAState(optimizer.init(params), jax.tree.map(jnp.asarray, params))
+    return EMAState(optimizer.init(params), jax.tree.map(lambda p: jnp.zeros_like(_wide(p)), params),
+                    jnp.zeros([], jnp.float32))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
     u, inner = optimizer.update(updates, state.inner, params)
-    ema = optax.incremental_update(optax.apply_updates(params, u), state.ema, 1 - momentum)
-    return u, EMAState(inner, ema)
+    new = optax.apply_updates(params, u)  # the stored parameters (bf16 stays bf16), then averaged wide
+    ema = jax.tree.map(lambda e, w: momentum * e + (1 - momentum) * w.astype(e.dtype), state.ema, new)
+    correction = momentum * state.correction + (1 - momentum)
+    return u, EMAState(inner, ema, correction)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def ema_weights(state: EMAState, *, bias_correction: bool = True) -> Any:
+  """The averaged parameters from an `EMAState` (float32 or wider; cast them to the model's dtype).
+
+  With `bias_correction` (bert4keras's default) ema/(1 − m^t): a proper weighted average of the
+  parameters after steps 1..t. Before the first step both forms are zeros.
+  """
+  if not isinstance(state, EMAState):
+    raise ValueError(f"`state` must be the EMAState of `exponential_moving_average`; got {type(state).__name__}")
+  if not bias_correction:
+    return state.ema
+  c = state.correction
+  return jax.tree.map(lambda e: jnp.where(c > 0, e / jnp.where(c > 0, c, 1), e), state.ema)
 
 
 def parameter_wise_lr(optimizer: optax.GradientTransformation, multipliers: Mapping[str, float]
@@ -209,7 +257,7 @@ def parameter_wise_lr(optimizer: optax.GradientTransformation, multipliers: Mapp
   """Multiplies the update of every leaf whose path contains a key of `multipliers` by its value.
 
   For optimizers whose update is linear in the learning rate (SGD, Adam, ...) this is a per-parameter
-  learning rate, as bert4keras's `parameter_wise_lr`. The first matching key wins.
+  learning rate, as bert4keras's `parameter_wise_lr`: the multipliers of every matching key multiply.
   """
   _check_optimizer(optimizer)
   if not isinstance(multipliers, Mapping):
@@ -222,10 +270,11 @@ def parameter_wise_lr(optimizer: optax.GradientTransformation, multipliers: Mapp
 
     def scale(path, ui):
       name = _path_name(path)
-      for k, m in multipliers.items():
+      m = 1.0
+      for k, v in multipliers.items():
         if k in name:
-          return (ui * m).astype(ui.dtype)
-      return ui
+          m *= v
+      return ui if m == 1.0 else (ui * m).astype(ui.dtype)
     return jax.tree_util.tree_map_with_path(scale, u), state
 
   return optax.GradientTransformation(optimizer.init, update_fn)
