@@ -221,7 +221,8 @@ def eg_sgd(learning_rate: Any, gamma: Any) -> optax.GradientTransformationExtraA
   """The article's rule exactly: ν ← ν ⊙ exp(γ g_{t−1} ⊙ g_t), update = −η ν ⊙ g_t, ν₀ = 1, g_{−1} = 0.
 
   Unrolled, ν_{t+1} = exp(γ Σ_{k=1}^{t} g_{k−1} ⊙ g_k). With γ = 0 it is bit-identical to
-  `optax.sgd(η)`. No clipping: the article has none (use `eg_step_size_adaptation` for a box).
+  `optax.sgd(η)` for float32 parameters; under bf16 it multiplies in float32 and rounds once, where
+  optax rounds η to bf16 first, so the two can differ in the last bf16 bit. No clipping: the article has none (use `eg_step_size_adaptation` for a box).
 
   Args:
     learning_rate: η ≥ 0 or a schedule.
@@ -351,6 +352,8 @@ def _eg_adaptation(base, *, gamma_gains, gamma_scale, adapt_gains, adapt_scale, 
           p = jnp.clip(p, *gain_bounds)
         if renormalize_mean:
           p = p / jnp.mean(p)
+          if gain_bounds is not None:  # again, so the box holds (spec §2.5.7); the mean is 1 unless it binds
+            p = jnp.clip(p, *gain_bounds)
         return p
       gains = jax.tree.map(new_gain, state.gains, exponents)
 
@@ -441,7 +444,8 @@ def eg_step_size_adaptation(
     scale_bounds: box (low, high) for s, or None.
     max_exponent: clip of each exponent per step, or None.
     rms_decay: decay in [0, 1) of the 'rms' normalisers.
-    renormalize_mean: divide p by its mean per leaf after each update (gains redistribute, s scales).
+    renormalize_mean: divide p by its mean per leaf after each update (gains redistribute, s scales),
+      then clip to `gain_bounds` again: p stays in the box, and its mean is 1 unless the box binds.
     scale_init: s_0 > 0.
     eps: added to the normalisers' denominators.
 

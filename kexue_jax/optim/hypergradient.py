@@ -46,7 +46,9 @@ def hypergradient_descent(learning_rate: Any, hypergrad_lr: Any, *,
   """SGD-HD / SGDM-HD / Adam-HD: a scalar learning rate adapted online by its hypergradient.
 
   Args:
-    learning_rate: α_0 ≥ 0.
+    learning_rate: α_0 ≥ 0, the initial value of the learning rate the state carries (α_t lives in
+      `HypergradientState.learning_rate` and adapts from there; it is read once, in `init`, so under
+      `optax.inject_hyperparams` set the state's `learning_rate`, not `hyperparams['learning_rate']`).
     hypergrad_lr: β ≥ 0 (Baydin et al.'s README suggests ~1e-6 for SGD-HD, ~1e-8 for Adam-HD with the
       additive rule; the multiplicative rule is unit-free).
     base_direction: an optax transform giving the descent direction d_t from g_t, without learning

@@ -84,13 +84,28 @@ def beta_for_new_lr(beta: Any, ratio: Any) -> Any:
   return 1 - (1 - beta) * ratio ** 0.5
 
 
-def momentum_schedule(learning_rate_schedule: Callable[[Any], Any], beta: float
-                      ) -> Callable[[Any], Any]:
-  """β(step) = `beta_for_new_lr`(β₀, lr(step)/lr(0)): couples momentum to a decaying lr schedule."""
+def momentum_schedule(learning_rate_schedule: Callable[[Any], Any], beta: float, *,
+                      reference_learning_rate: Any = None) -> Callable[[Any], Any]:
+  """β(step) = `beta_for_new_lr`(β₀, lr(step)/lr_ref): couples momentum to a decaying lr schedule.
+
+  `reference_learning_rate` is the rate at which the momentum is β₀ (default lr(0)); give it for a
+  schedule with a warm-up from 0, where lr(0) cannot be the reference.
+  """
   _checks.check_number("beta", beta, maximum=1.0)
   if not callable(learning_rate_schedule):
     raise ValueError(f"`learning_rate_schedule` must be callable; got {learning_rate_schedule!r}")
-  lr0 = learning_rate_schedule(0)
+  if reference_learning_rate is None:
+    lr0 = learning_rate_schedule(0)
+    try:
+      v = float(lr0)
+    except (TypeError, jax.errors.ConcretizationTypeError):  # a traced schedule: nothing to check
+      v = None
+    if v is not None and not v > 0:
+      raise ValueError(f"`learning_rate_schedule(0)` must be > 0 to be the reference rate; got {v!r} "
+                       "(pass `reference_learning_rate=` for a schedule that warms up from 0)")
+  else:
+    _checks.check_number("reference_learning_rate", reference_learning_rate, strict=True)
+    lr0 = reference_learning_rate
 
   def schedule(step):
     return 1 - (1 - beta) * jnp.sqrt(learning_rate_schedule(step) / lr0)

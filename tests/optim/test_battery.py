@@ -189,6 +189,45 @@ def test_dtype_preserved(name, dtype):
     assert all(bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in jax.tree.leaves(params))
 
 
+# The state fields documented as ">= float32" (gains, scales, signals, EG± parts, hypergradient lr).
+WIDE_STATE_FIELDS = {"gains", "signal", "gain_rms", "scale", "scale_rms", "prev_grad", "w_plus", "w_minus",
+                     "learning_rate", "prev_direction"}
+
+
+def _wide_state_leaves(state, out):
+  if hasattr(state, "_fields"):
+    for f in state._fields:
+      v = getattr(state, f)
+      if f in WIDE_STATE_FIELDS:
+        out.extend((f, x) for x in jax.tree.leaves(v))
+      else:
+        _wide_state_leaves(v, out)
+  elif isinstance(state, (tuple, list)):
+    for v in state:
+      _wide_state_leaves(v, out)
+  elif isinstance(state, dict):
+    for v in state.values():
+      _wide_state_leaves(v, out)
+  return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_own_state_is_float32_under_bf16_params(name):
+  """Spec §2.3: gains, scales and signals stay float32 when the parameters are bf16, after steps too."""
+  opt = build(name)
+  params = _positive_params(jnp.bfloat16)
+  state = opt.init(params)
+  for i in range(2):
+    u, state = jax.jit(opt.update)(_grads(params, i), state, params)
+    params = optax.apply_updates(params, u)
+  leaves = _wide_state_leaves(state, [])
+  if name in ("egu", "eg_simplex", "nesterov_midpoint"):
+    assert leaves == []  # EGU/EG keep only a count; the momentum buffer follows the params (Keras)
+    return
+  assert leaves, "no float32 state field found"
+  assert all(x.dtype == jnp.float32 for _, x in leaves), [(f, x.dtype) for f, x in leaves]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_multisteps_equals_mean_gradient_step(name):
   opt = build(name)

@@ -202,6 +202,27 @@ def test_gains_and_scale_stay_positive_and_in_the_box():
   assert hi_p == 2.0 or lo_p == 0.5  # the box was reached, so the clip was exercised
 
 
+def test_renormalized_gains_stay_in_the_box_and_have_mean_one_when_it_does_not_bind():
+  """`renormalize_mean` divides p by its mean and then clips again, so the box of spec §2.5.7 holds."""
+  def run(bounds):
+    opt = ko.eg_step_size_adaptation(optax.sgd(0.1), gamma_gains=50.0, gamma_scale=0.0, gain_bounds=bounds,
+                                     renormalize_mean=True, max_exponent=1.0)
+    x = jnp.array([1.0, -2.0, 3.0, 0.1])
+    s = opt.init(x)
+    seen = []
+    for i in range(20):
+      u, s = opt.update(jnp.array([1.0, -1.0, (-1.0) ** i, 0.5]), s, x)
+      x = x + u
+      seen.append(np.asarray(s.gains))
+    return np.array(seen)
+  boxed = run((0.5, 2.0))
+  assert boxed.min() >= 0.5 and boxed.max() <= 2.0
+  assert boxed.min() == 0.5 or boxed.max() == 2.0  # the box binds here (without the re-clip: 0.31)
+  free = run((1e-6, 1e6))
+  np.testing.assert_allclose(free.mean(axis=1), 1.0, rtol=1e-6)
+  assert free.max() - free.min() > 0.5  # the gains did spread, so the renormalisation was exercised
+
+
 def test_optimizer_stats_reads_nested_states_under_jit():
   inner = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
   opt = optax.chain(optax.clip_by_global_norm(1.0),

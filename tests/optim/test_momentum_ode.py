@@ -42,6 +42,23 @@ def test_leapfrog_equals_optax_sgd_momentum_for_200_steps():
   assert np.max(np.abs(plain - ref)) < 1e-12
 
 
+def test_symplectic_euler_equals_its_direct_iteration_in_ode_variables():
+  # η_{n+1} = η_n − γ(λη_n + ∇L(θ_n)), θ_{n+1} = θ_n + γη_{n+1}, written in (θ, η) without any (α, β).
+  gamma, lam = 0.05, 2.0
+  theta, eta = np.array([1.0, -1.0, 0.5]), np.zeros(3)
+  ref = []
+  for _ in range(200):
+    eta = eta - gamma * (lam * eta + A_DIAG * theta)
+    theta = theta + gamma * eta
+    ref.append(theta)
+  with jax.enable_x64(True):
+    got = _run_optax(ko.heavy_ball_ode(gamma, lam, "symplectic_euler"), jnp.array([1.0, -1.0, 0.5]), 200)
+  assert np.max(np.abs(got - np.stack(ref))) < 1e-12
+  for scheme in ("symplectic_euler", "nesterov", "nesterov_midpoint"):  # the same (α, β) = (γ², 1 − λγ)
+    alpha, beta = ko.momentum_coefficients(gamma, lam, scheme)
+    assert alpha == pytest.approx(0.0025, rel=1e-12) and beta == pytest.approx(0.9, rel=1e-12)
+
+
 def test_nesterov_schemes_match_their_direct_iterations():
   gamma, lam = 0.05, 2.0
   alpha, beta = ko.momentum_coefficients(gamma, lam, "nesterov")
@@ -103,6 +120,10 @@ def test_inverse_maps_and_beta_rule():
   assert gaps[0] < 0.01 and gaps[1] < gaps[0] / 50 and gaps[2] < gaps[1] / 50  # O((1 − β)²)
   sched = ko.momentum_schedule(optax.exponential_decay(0.1, 10, 0.1), 0.9)
   assert float(sched(10)) == pytest.approx(0.96837722, rel=1e-6)
+  # A warm-up from 0 needs an explicit reference rate: β = β₀ at the peak, 1 − 0.1·√(1/4) at a quarter of it.
+  warm = optax.linear_schedule(0.0, 0.1, 100)
+  sched = ko.momentum_schedule(warm, 0.9, reference_learning_rate=0.1)
+  assert float(sched(100)) == pytest.approx(0.9, rel=1e-6) and float(sched(25)) == pytest.approx(0.95, rel=1e-6)
 
 
 def test_sgd_sde_stationary_variance_matches_corrected_formula():
@@ -166,6 +187,10 @@ BAD = [
     (lambda: ko.heavy_ball_ode(1.0, 5.0, "symplectic_euler"), "`friction` must give momentum in"),
     (lambda: ko.ode_from_momentum(0.1, 1.5), "`momentum` must be a finite number > -1.0 and <= 1.0"),
     (lambda: ko.beta_for_new_lr(0.9, -0.1), "`ratio` must be a finite number >= 0.0; got -0.1"),
+    (lambda: ko.momentum_schedule(optax.linear_schedule(0.0, 0.1, 100), 0.9),
+     r"`learning_rate_schedule\(0\)` must be > 0 to be the reference rate; got 0.0"),
+    (lambda: ko.momentum_schedule(optax.constant_schedule(0.1), 0.9, reference_learning_rate=0.0),
+     "`reference_learning_rate` must be a finite number > 0.0; got 0.0"),
     (lambda: ko.sgd_stationary_variance(3.0, 1.0, 1.0), "`learning_rate` must be < 2/curvature"),
     (lambda: ko.integrate_damped_oscillator(lambda x: x, jnp.ones(()), jnp.ones(()), dt=0.1,
                                             friction=0.1, num_steps=0), "`num_steps` must be a positive int"),
