@@ -132,6 +132,106 @@ def test_negative_elbo_estimator_matches_closed_form_on_gaussian_data(sigma, exa
     assert ref > 0.5 * d * math.log(2 * math.pi * math.e * s ** 2)
 
 
+# A short chain whose steps differ a lot (β_t² = t/24, ᾱ_T² = 0.018): at T = 1000 neighbouring steps are nearly
+# identical and step-indexing errors hide. Two data dims, x₀_j ~ N(μ_j, s_j²).
+SMALL_T = 12
+SMALL_VAR = 0.5 * np.arange(1, SMALL_T + 1) / SMALL_T  # Ho's β_t (variances), t = 1..T
+SMALL_SCHED = article_schedule(SMALL_T, max_variance=0.5)
+SMALL_MU, SMALL_S = np.array([0.4, -1.0]), np.array([0.3, 1.5])
+
+
+def ho_reverse_chain(mu, s, sigma):
+    """Ho et al.'s reverse step x_{t−1} = g_t x_t + h_t + σ_t z for x₀ ~ N(mu, s²) and the exact ε*, float64 [T].
+
+    Ho's notation: β_t variances, α_t = 1 − β_t, ᾱ_t = Π α. ε*(x_t) = √(1−ᾱ_t)·k_t·(x_t − √ᾱ_t mu) with
+    k_t = 1/(ᾱ_t s² + 1 − ᾱ_t); x_{t−1} = (x_t − β_t/√(1−ᾱ_t)·ε*)/√α_t + σ_t z; σ_t² = β_t ('beta') or
+    (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t ('posterior', 0 at t = 1). Returns (g, h, σ²), index t − 1.
+    """
+    b = SMALL_VAR
+    a = 1 - b
+    ab = np.cumprod(a)
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    k = 1 / (ab * s ** 2 + 1 - ab)
+    g = (1 - b * k) / np.sqrt(a)
+    h = b * k * np.sqrt(ab) * mu / np.sqrt(a)
+    var = b.copy() if sigma == "beta" else (1 - ab_prev) / (1 - ab) * b
+    return g, h, var
+
+
+def joint_gaussian_neg_elbo(mu, s, sigma):
+    """E[−ELBO] of one data dim (nats) = KL(q(x_{0:T}) ‖ p(x_{0:T})) + H(N(mu, s²)), q the forward chain from the
+    data, p the reverse model (prior N(0, 1), steps of `ho_reverse_chain`, decoder variance σ₁² = β₁ for both
+    choices as in `ddpm`), from the two (T + 1)-dim joint Gaussians."""
+    big_t, b = SMALL_T, SMALL_VAR
+    g, h, var = ho_reverse_chain(mu, s, sigma)
+    var[0] = b[0]
+    # q: x₀ = mu + s n₀, x_t = √α_t x_{t−1} + √β_t n_t (rows x_0..x_T, columns n_0..n_T).
+    lin_q = np.zeros((big_t + 1, big_t + 1))
+    lin_q[0, 0] = s
+    for t in range(1, big_t + 1):
+        lin_q[t] = np.sqrt(1 - b[t - 1]) * lin_q[t - 1]
+        lin_q[t, t] = np.sqrt(b[t - 1])
+    mean_q = mu * np.sqrt(np.concatenate([[1.0], np.cumprod(1 - b)]))
+    # p: x_T = n_T, x_{t−1} = g_t x_t + h_t + σ_t n_{t−1}.
+    lin_p, mean_p = np.zeros((big_t + 1, big_t + 1)), np.zeros(big_t + 1)
+    lin_p[big_t, big_t] = 1.0
+    for t in range(big_t, 0, -1):
+        lin_p[t - 1] = g[t - 1] * lin_p[t]
+        lin_p[t - 1, t - 1] = np.sqrt(var[t - 1])
+        mean_p[t - 1] = g[t - 1] * mean_p[t] + h[t - 1]
+    cov_q, cov_p = lin_q @ lin_q.T, lin_p @ lin_p.T
+    prec, dm = np.linalg.inv(cov_p), mean_p - mean_q
+    kl = 0.5 * (np.trace(prec @ cov_q) + dm @ prec @ dm - (big_t + 1)
+                + np.linalg.slogdet(cov_p)[1] - np.linalg.slogdet(cov_q)[1])
+    return kl + 0.5 * math.log(2 * math.pi * math.e * s ** 2)
+
+
+def ho_exact_eps(mu, s):
+    """ε*(x_t, t) = E[ε | x_t] = √(1−ᾱ_t)(x_t − √ᾱ_t mu)/(ᾱ_t s² + 1 − ᾱ_t) for x₀ ~ N(mu, s²) per dim (mu, s [d]),
+    Ho's notation on `SMALL_VAR`, computed in the dtype of x_t."""
+    bar = np.concatenate([[1.0], np.cumprod(1 - SMALL_VAR)])  # Ho's ᾱ_t, t = 0..T
+
+    def eps_fn(x, t):
+        a = jnp.asarray(bar, x.dtype)[t][:, None]
+        m, v = jnp.asarray(mu[None], x.dtype), jnp.asarray(s[None] ** 2, x.dtype)
+        return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / (a * v + 1 - a)
+
+    return eps_fn
+
+
+@pytest.mark.parametrize("sigma", ["beta", "posterior"])
+def test_negative_elbo_equals_joint_gaussian_kl_at_small_t(sigma):
+    """T = 12, exact ε*: E[−ELBO] in nats (before the bits/dim constants) = Σ_j `joint_gaussian_neg_elbo`
+    (2.2304 nats 'beta', 3.0527 'posterior'). (1) prior_kl + Σ_t elbo_terms is quadratic in (x₀, ε), so in float64
+    its mean over the 16 points x₀ = μ ± s, ε = ±1 is its exact expectation: equal to 1e-10 relative. (2) The
+    stratified `negative_elbo` (num_t = 3, with and without exact_first_step; float32) over 4·10⁵ examples on
+    the 4 points x₀ = μ ± s (exact in x₀): within 5 standard errors (≤ 0.04 nats; the SE includes the fixed
+    spread across the points, so it is conservative), so a 0.1-nat bias is ≥ 12 standard errors."""
+    ref = sum(joint_gaussian_neg_elbo(m, s, sigma) for m, s in zip(SMALL_MU, SMALL_S))
+    eps_fn = ho_exact_eps(SMALL_MU, SMALL_S)
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * 4)).reshape(4, -1).T  # [16, 4]: (x₀ dims, ε dims)
+
+    def expectation(x0, eps):
+        total = ddpm.prior_kl(x0, SMALL_SCHED)
+        for t in range(1, SMALL_T + 1):
+            total = total + ddpm.elbo_terms(eps_fn, x0, jnp.full((16,), t), eps, SMALL_SCHED, sigma)
+        return jnp.mean(total)
+
+    with jax.enable_x64(True):
+        exact = float(jax.jit(expectation)(jnp.asarray(SMALL_MU + SMALL_S * signs[:, :2]), jnp.asarray(signs[:, 2:])))
+    assert exact == pytest.approx(ref, rel=1e-10)
+
+    n = 400_000
+    corners = SMALL_MU + SMALL_S * np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    x0 = jnp.asarray(np.tile(corners, (n // 4, 1)), jnp.float32)
+    for exact_first in (True, False):
+        run = jax.jit(lambda x: ddpm.negative_elbo(eps_fn, x, key=jax.random.key(21), schedule=SMALL_SCHED,
+                                                   sigma=sigma, num_t=3, exact_first_step=exact_first))
+        est = np.asarray(run(x0), np.float64)
+        stderr = est.std() / math.sqrt(n)
+        assert abs(est.mean() - ref) < 5 * stderr, (exact_first, est.mean(), ref, stderr)
+
+
 def test_negative_elbo_exact_first_step_removes_the_decoder_term_variance():
     """L_1 ≈ −½d ln(2πβ₁²) ≈ 4.5 nats/dim dwarfs every other L_t: drawn with probability 1/w and weight w, it
     alone gives a per-example standard deviation ≈ L_1·√(w − 1) (≈ 39 nats at d = 2, w = 20). Evaluated
@@ -192,6 +292,30 @@ def test_ancestral_sampler_recovers_data_std(sigma):
         x = run(jax.random.normal(jax.random.key(int(s * 10)), (n, 1)), jnp.float32(s))
         assert float(jnp.std(x)) == pytest.approx(s, rel=0.01)
         assert abs(float(jnp.mean(x))) < 0.02 * s
+
+
+@pytest.mark.parametrize("sigma", ["beta", "posterior"])
+def test_ancestral_sampler_matches_exact_gaussian_recursion_at_small_t(sigma):
+    """T = 12, exact ε*, x_T ~ N(0, 1): the chain is linear-Gaussian, x₀ = G x_T + R with G = Π_t g_t; its mean and
+    variance follow m ← g_t m + h_t, V ← g_t² V + σ_t² (t = T..1, `ho_reverse_chain`, Ho's notation). (1) With
+    shared noise, x₀(x_T) − x₀(0) = G x_T exactly (float32). (2) Over 5·10⁵ chains per dim, mean and std within 5
+    Monte-Carlo standard errors (sd/√n and sd/√(2n), x₀ being Gaussian): 0.5% of the std. Noise σ_{t−1} for σ_t,
+    skipping t = 1, or σ_t = β_t for 'posterior' are each off by ≥ 12 standard errors."""
+    n = 500_000
+    eps_fn = ho_exact_eps(SMALL_MU, SMALL_S)
+    run = jax.jit(lambda x: ddpm.ddpm_sample(eps_fn, x, key=jax.random.key(11), schedule=SMALL_SCHED, sigma=sigma))
+    x_T = jax.random.normal(jax.random.key(10), (n, 2))
+    x0 = np.asarray(run(x_T), np.float64)
+    x0_from_zero = np.asarray(run(jnp.zeros_like(x_T)), np.float64)
+    mean, var, gain = np.zeros(2), np.ones(2), np.ones(2)
+    for j in range(2):
+        g, h, sig2 = ho_reverse_chain(SMALL_MU[j], SMALL_S[j], sigma)
+        for i in range(SMALL_T - 1, -1, -1):  # step t = i + 1
+            mean[j], var[j], gain[j] = g[i] * mean[j] + h[i], g[i] ** 2 * var[j] + sig2[i], g[i] * gain[j]
+    np.testing.assert_allclose(x0 - x0_from_zero, gain * np.asarray(x_T, np.float64), atol=1e-5)
+    sd = np.sqrt(var)
+    assert np.all(np.abs(x0.mean(0) - mean) < 5 * sd / math.sqrt(n)), (x0.mean(0), mean, sd / math.sqrt(n))
+    assert np.all(np.abs(x0.std(0) / sd - 1) < 5 / math.sqrt(2 * n)), (x0.std(0), sd)
 
 
 def test_prepare_batch_and_to_images_round_trip():
