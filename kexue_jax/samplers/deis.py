@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from kexue_jax.samplers.common import (check_choice, check_int, counts_nfe, run_linear_multistep,
+from kexue_jax.samplers.common import (check_afs_mean, check_choice, check_int, counts_nfe, run_linear_multistep,
                                        validate_sigmas, validate_x)
 
 __all__ = ["ORDER", "sample_deis", "deis_coefficients"]
@@ -66,13 +66,14 @@ def _nfe(sigmas, *, afs=False, **_):
 
 @counts_nfe(_nfe)
 def sample_deis(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order: int = 3,
-                interpolation: str = "vp_time", afs: bool = False) -> jax.Array:
+                interpolation: str = "vp_time", afs: bool = False, afs_mean=None) -> jax.Array:
     """DEIS (tAB by default; 'sigma' gives ρAB), 1 NFE per step.
 
     Args:
         denoise_fn: D(x [b, ...], σ) -> [b, ...]; x_T: [b, ...] at sigmas[0]; sigmas: [N+1] decreasing, may
             end at 0. key: unused. order: number of nodes, 1..4. interpolation: 'vp_time' | 'sigma'.
         afs: analytical first slope.
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = N − [afs].
     """
@@ -81,5 +82,6 @@ def sample_deis(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order: int = 3,
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     s = validate_sigmas(sigmas)
     x = validate_x(x_T)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     a, b = deis_coefficients(s, order, interpolation)
-    return run_linear_multistep(denoise_fn, x, s, a, b, model="d", afs=bool(afs))
+    return run_linear_multistep(denoise_fn, x, s, a, b, model="d", afs=bool(afs), afs_mean=mean)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kexue_jax.samplers.common import (afs_direction, check_choice, check_int, counts_nfe, scan_steps,
+from kexue_jax.samplers.common import (afs_direction, check_afs_mean, check_choice, check_int, counts_nfe, scan_steps,
                                        validate_sigmas, validate_x)
 
 __all__ = ["ORDER", "sample_unipc", "unipc_coefficients"]
@@ -97,13 +97,14 @@ def _nfe(sigmas, *, afs=False, **_):
 
 @counts_nfe(_nfe)
 def sample_unipc(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order: int = 3, variant: str = "bh1",
-                 afs: bool = False, lower_order_final: bool = True) -> jax.Array:
+                 afs: bool = False, lower_order_final: bool = True, afs_mean=None) -> jax.Array:
     """UniPC-p sampling, 1 NFE per step.
 
     Args:
         denoise_fn: D(x [b, ...], σ) -> [b, ...]; x_T: [b, ...] at sigmas[0]; sigmas: [N+1] decreasing, may
             end at 0. key: unused. order: 1..3. variant: 'bh1' | 'bh2'. afs: analytical first D.
         lower_order_final: lower the order over the last steps when N < 10.
+        afs_mean: data mean for the analytical first step (None: the paper's zero mean; see `afs_direction`).
     Returns:
         [b, ...]. NFE = N − [afs].
     """
@@ -112,6 +113,7 @@ def sample_unipc(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order: int = 3
     check_choice("variant", variant, VARIANTS)
     s = validate_sigmas(sigmas)
     x = validate_x(x_T)
+    mean = check_afs_mean(afs_mean, bool(afs), x)
     a, bp, bc = unipc_coefficients(s, order, variant, lower_order_final)
     n, k = bp.shape
     dt = x.dtype
@@ -125,7 +127,7 @@ def sample_unipc(denoise_fn, x_T: jax.Array, sigmas, *, key=None, order: int = 3
         del last
         x_prev, x_pred, hist = carry
         if first_afs:
-            m = x_pred - sig[j] * afs_direction(x_pred, sig[j])
+            m = x_pred - sig[j] * afs_direction(x_pred, sig[j], mean)
         else:
             m = denoise_fn(x_pred, sig[j])
         hist = jnp.concatenate([m[None], hist[:-1]], axis=0)  # [k+1, ...]: D_j, D_{j−1}, …
