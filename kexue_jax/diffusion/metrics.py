@@ -235,7 +235,8 @@ def image_metrics(classifier, samples, train, test) -> dict[str, float]:
     """FD-digits of `samples` and of the test split against the training split, plus class coverage/entropy.
 
     Returns:
-      {'test/fd', 'test/fd_data' (test split vs train: the floor at this sample size), 'test/class_coverage',
+      {'test/fd', 'test/fd_data' (the whole test split vs train, at len(test) images, which need not be the
+       number of samples: FD is biased upward at small n, see `data_fd_references`), 'test/class_coverage',
        'test/class_entropy', 'test/class_entropy_data', 'test/classifier_accuracy'}.
     """
     f_train, _ = classifier_features(classifier, train.arrays["image"])
@@ -249,4 +250,40 @@ def image_metrics(classifier, samples, train, test) -> dict[str, float]:
     out["test/class_coverage"] = hist["class_coverage"]
     out["test/class_entropy"] = hist["class_entropy"]
     out["test/class_entropy_data"] = class_histogram_metrics(pred_test, int(train.num_classes))["class_entropy"]
+    return out
+
+
+def data_fd_references(classifier, train, test, n: int, *, num_subsets: int = 20, seed: int = 0
+                       ) -> dict[str, float]:
+    """FD-digits of real images at `n` images (the number of samples), to read FD cells of that size against.
+
+    FD estimated from n images is biased upward by roughly tr(Σ)/n-type terms, so the whole test split is a
+    fair reference only when len(test) = n. Draws `num_subsets` random n-image subsets (without replacement,
+    `numpy.random.default_rng(seed)`, test subsets first) of the test split and of the training split and
+    scores each against the training split's statistics, as `image_metrics` scores samples.
+
+    Returns:
+      {'test/fd_data' and 'test/fd_data_num_images' (the whole test split, as `image_metrics`),
+       'test/fd_test_subsets_mean', 'test/fd_test_subsets_std' (NaN when len(test) < n),
+       'test/fd_train_subsets_mean', 'test/fd_train_subsets_std' (what a model that reproduced its
+       training images would score at this n)}.
+    """
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"`n` must be an int >= 2; got {n!r}")
+    if not isinstance(num_subsets, (int, np.integer)) or num_subsets < 1:
+        raise ValueError(f"`num_subsets` must be a positive int; got {num_subsets!r}")
+    f_train, _ = classifier_features(classifier, train.arrays["image"])
+    f_test, _ = classifier_features(classifier, test.arrays["image"])
+    ref = gaussian_statistics(f_train)
+    rng = np.random.default_rng(seed)
+    out = {"test/fd_data": frechet_distance(*gaussian_statistics(f_test), *ref),
+           "test/fd_data_num_images": float(len(f_test))}
+    for split, f in (("test", f_test), ("train", f_train)):
+        if len(f) < n:
+            out[f"test/fd_{split}_subsets_mean"] = out[f"test/fd_{split}_subsets_std"] = float("nan")
+            continue
+        vals = [frechet_distance(*gaussian_statistics(f[rng.choice(len(f), n, replace=False)]), *ref)
+                for _ in range(num_subsets)]
+        out[f"test/fd_{split}_subsets_mean"] = float(np.mean(vals))
+        out[f"test/fd_{split}_subsets_std"] = float(np.std(vals))
     return out

@@ -144,3 +144,33 @@ def test_classifier_trains_on_the_dataset_it_is_given_even_from_a_tfds_data_dir(
     sliced = M.train_classifier(data.load("tfds:kexue_digits", "train[:200]", data_dir=tmp_path / "tfds"), steps=3)
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(nnx.state(sliced)),
                                                         _leaves(nnx.state(embedded))))
+
+
+def test_data_fd_references_at_the_samples_size_equal_brute_force():
+    # FD is biased upward at small n, so the NFE table reads its cells (n samples) against real images at the
+    # same n: random n-image subsets of the test split (and of the training split). Checked against a
+    # brute-force loop over the same subsets, the whole-split value of image_metrics, and n = len(test).
+    from kexue_jax import data
+
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    clf = M.train_classifier(train, steps=3)
+    f_tr, _ = M.classifier_features(clf, train.arrays["image"])
+    f_te, _ = M.classifier_features(clf, test.arrays["image"])
+    ref = M.gaussian_statistics(f_tr)
+    out = M.data_fd_references(clf, train, test, 120, num_subsets=4, seed=7)
+    rng = np.random.default_rng(7)
+    for split, f in (("test", f_te), ("train", f_tr)):
+        vals = [M.frechet_distance(*M.gaussian_statistics(f[rng.choice(len(f), 120, replace=False)]), *ref)
+                for _ in range(4)]
+        assert out[f"test/fd_{split}_subsets_mean"] == pytest.approx(np.mean(vals), rel=1e-12)
+        assert out[f"test/fd_{split}_subsets_std"] == pytest.approx(np.std(vals), rel=1e-12)
+    whole = M.image_metrics(clf, test.arrays["image"][:5], train, test)["test/fd_data"]
+    assert out["test/fd_data"] == pytest.approx(whole, rel=1e-12) and out["test/fd_data_num_images"] == 297
+    assert out["test/fd_test_subsets_mean"] > out["test/fd_data"]  # fewer images: larger FD (the bias)
+    full = M.data_fd_references(clf, train, test, 297, num_subsets=3)
+    # a permutation of the split: equal up to the summation order (FD ≈ 0.05 here, a difference of traces)
+    assert full["test/fd_test_subsets_mean"] == pytest.approx(whole, abs=1e-8)
+    assert full["test/fd_test_subsets_std"] == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(M.data_fd_references(clf, train, test, 298, num_subsets=1)["test/fd_test_subsets_mean"])
+    with pytest.raises(ValueError, match="`n` must be an int >= 2; got 1"):
+        M.data_fd_references(clf, train, test, 1)
