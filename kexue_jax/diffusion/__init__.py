@@ -17,8 +17,11 @@ Usage (the article's ε-loss on a batch, then its EDM denoiser D(x, σ) in a fas
     batch = {"x": jax.random.normal(jax.random.key(0), (8, 2))}
     loss, aux = diffusion.ddpm_loss(eps_fn, batch, key=jax.random.key(1), schedule=schedule)
     denoise = diffusion.ddpm_denoiser(eps_fn, schedule)  # D(x, σ) in EDM coordinates, x = x_t/ᾱ_t
-    x_T = 80.0 * jax.random.normal(jax.random.key(2), (8, 2))
-    x_0 = samplers.sample_dpm_solver_pp(denoise, x_T, diffusion.edm_sigmas(11), order=3)
+    sigma_max = float(diffusion.vp_sigmas(schedule)[-1])  # σ_T = β̄_T/ᾱ_T ≈ 154
+    sigmas, _ = diffusion.round_sigma(diffusion.edm_sigmas(10, sigma_max=sigma_max), schedule)
+    sigmas = jnp.append(sigmas, 0.0)                     # the σ_t the network was trained at, then 0
+    x_T = sigmas[0] * jax.random.normal(jax.random.key(2), (8, 2))
+    x_0 = samplers.sample_dpm_solver_pp(denoise, x_T, sigmas, order=3)
 
 References:
     https://kexue.fm/archives/9152 (DDPM = 自回归式VAE); https://kexue.fm/archives/9881 (AMED);
@@ -27,8 +30,9 @@ References:
 from kexue_jax.diffusion.ddpm import (SIGMAS, WEIGHTINGS, TimeMLP, ddpm_loss, ddpm_loss_terms, ddpm_sample,
                                       elbo_bits_per_dim, elbo_terms, evaluate, negative_elbo, prepare_batch,
                                       prior_kl, sigma_choice, step_weight, to_images)
-from kexue_jax.diffusion.metrics import (class_histogram_metrics, classifier_features, energy_distance,
-                                         frechet_distance, gaussian_statistics, image_metrics, train_classifier)
+from kexue_jax.diffusion.metrics import (class_histogram_metrics, classifier_features, data_fd_references,
+                                         energy_distance, frechet_distance, gaussian_statistics, image_metrics,
+                                         train_classifier)
 from kexue_jax.diffusion.precond import (PARAMETERIZATIONS, ddpm_denoiser, edm_denoiser, edm_loss,
                                          edm_loss_weight, edm_preconditioning, from_denoiser, round_sigma,
                                          to_denoiser)
@@ -50,5 +54,5 @@ __all__ = [
     "ddpm_denoiser", "round_sigma", "edm_loss", "edm_loss_weight",
     # metrics
     "frechet_distance", "gaussian_statistics", "energy_distance", "class_histogram_metrics",
-    "train_classifier", "classifier_features", "image_metrics",
+    "train_classifier", "classifier_features", "image_metrics", "data_fd_references",
 ]

@@ -13,7 +13,9 @@ derivable choices: σ_t = β_t (data ~ N(0, I)) and σ_t = β̄_{t−1}β_t/β̄
 
 Data: images (uint8, `levels` grey levels) are dequantised and scaled to [−1, 1], x₀ = 2(x + u)/levels − 1,
 u ~ U[0, 1)^D, so that the continuous ELBO bounds the discrete likelihood and converts to bits/dim with
-bin width 2/levels: bpd = (−ELBO + D ln(levels/2))/(D ln 2). 2-D data ('x') are used as they are.
+bin width 2/levels: bpd = (−ELBO + D ln(levels/2))/(D ln 2). 2-D data ('x') are used as they are. The
+decoder p(x₀|x₁) is the continuous Gaussian of the last reverse step, not Ho et al.'s discretised decoder,
+so these bits/dim bound the same likelihood differently and are not directly comparable to Ho's.
 
 The network convention is `model(x_t, t)` with the article's integer step t ∈ {1..T} (an NNX module with a
 learned time embedding of T + 1 rows, as in the author's code; row 0 is unused).
