@@ -10,6 +10,9 @@ r_k = (λ_{i−k} − λ_i)/h, D1_k = (D_{i−k} − D_i)/r_k (k = 1 … p−1),
 with R_p[m, k] = r_k^m and g_m = m!·φ_{m+1}(h)/B(h) in the recursion φ_{k+1} = φ_k/(−h) − 1/k!. The model
 value at the predicted point is reused by the next step, so the corrector costs no NFE; the last step is not
 corrected. p = min(order, i + 1), lowered to N − i at the end when N < 10; into σ = 0, p = 1 (x = D).
+The N < 10 condition is DPM-Solver's rule; the official UniPC code (and diff-sampler, whose runs gave the
+published AMED tables) lowers the final orders at every N, so from N = 10 on the two differ (ours keeps
+order p on the last steps there).
 
 References:
     https://kexue.fm/archives/9881 (线性多步法)
