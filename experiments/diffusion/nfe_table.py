@@ -115,6 +115,9 @@ def get_config(arg=None):
     # objective stays the default (results/nfe_table_mnist5k.md, "A fourth seed"; nfe_table_digits.md, "Three
     # more seeds").
     config.amed_objective = "interval"
+    # 'official': the AMED teacher runs on the student's grid type with (M+1)·N + 1 points, as diff-sampler;
+    # 'rho7' reproduces the tables recorded before 2026-11-23 (σ^{1/7}-refined teacher for AMED-Solver's grid).
+    config.amed_teacher_grid = "official"
     config.optimizer = "optax.adam"
     config.optimizer_kwargs = {}
     config.learning_rate = 1e-3

@@ -38,6 +38,10 @@ __all__ = ["SAMPLERS", "BASELINES", "grid_for_nfe", "evaluate", "bootstrap_resul
 # The rows the paper's NFE-5 claim puts AMED-Solver and AMED-Plugin below (anchors.md §5.2).
 BASELINES = ("ddim", "dpm_solver_pp_3m", "ipndm")
 
+# The AMED teacher grid: 'official' (the student's grid type with (M+1)·N + 1 points, as diff-sampler) or
+# 'rho7' (σ^{1/7}-linear refinement of the student grid; differs for AMED-Solver's time-uniform grid).
+TEACHER_GRIDS = ("official", "rho7")
+
 # name -> (sampler attribute, options, grid kind, ρ)
 SAMPLERS = {
     "ddim": ("sample_euler", {}, "polynomial", 7.0),
@@ -166,10 +170,19 @@ def evaluate(model, dataset, *, key, config, workdir):
                                               rngs=nnx.Rngs(config.seed))
                 den_aux = denoisers(state)[1]
                 bsz = int(config.amed_batch_size)
+                inserted = 1 if solver else config.get("amed_plugin_inserted", 2)
+                # 'official': the teacher grid is the student's grid type with (M+1)·N + 1 points (diff-sampler):
+                # `refine_sigmas` with the grid's ρ for a polynomial grid, log-linear for log-SNR, and the finer
+                # time-uniform grid itself for AMED-Solver's. 'rho7': σ^{1/7}-linear always (the tables recorded
+                # before 2026-11-23; the same grid for the ρ = 7 plugin rows, not for AMED-Solver's).
+                official = config.get("amed_teacher_grid", "official") == "official"
+                fine = (schedules.sigma_grid(kind, (inserted + 1) * (len(sig) - 1) + 1, sigma_min, sigma_max, rho)
+                        if official and kind == "time_uniform" else None)
+                teacher_rho = (None if kind == "logsnr" else rho) if official and kind != "time_uniform" else 7.0
                 pred, _ = samplers.train_amed_predictor(
                     pred, den_aux, sig, lambda k: sigma_max * jax.random.normal(k, (bsz, *shape), jnp.float32),
                     key=jax.random.fold_in(key, 1000 + target), num_batches=int(config.amed_num_batches),
-                    inserted=1 if solver else config.get("amed_plugin_inserted", 2), has_aux=True,
+                    inserted=inserted, has_aux=True, teacher_sigmas=fine, rho=teacher_rho,
                     afs=extra.get("afs", False), afs_mean=extra.get("afs_mean"),
                     student="amed" if solver else "ipndm",
                     teacher="heun" if solver else config.get("amed_plugin_teacher", "heun"),
@@ -305,6 +318,8 @@ def check_config(config) -> None:
         require(teacher in samplers.TEACHERS, "amed_plugin_teacher", f"one of {samplers.TEACHERS}", teacher)
         objective = config.get("amed_objective", "interval")
         require(objective in samplers.OBJECTIVES, "amed_objective", f"one of {samplers.OBJECTIVES}", objective)
+        grid = config.get("amed_teacher_grid", "official")
+        require(grid in TEACHER_GRIDS, "amed_teacher_grid", f"one of {TEACHER_GRIDS}", grid)
     sigma_data = (config.get("loss_kwargs") or {}).get("sigma_data", 0.5)
     check_positive(sigma_data, "loss_kwargs.sigma_data")
 

@@ -404,19 +404,42 @@ def sample_amed_plugin(denoise_fn, x_T: jax.Array, sigmas, *, key=None, predicto
 TEACHERS = ("heun", "ipndm")
 
 
+def teacher_grid(sigmas, inserted: int, rho: float | None = 7.0, teacher_sigmas=None) -> np.ndarray:
+    """The teacher's σ grid: `teacher_sigmas` checked to nest `sigmas`, or `refine_sigmas(sigmas, inserted, rho)`.
+
+    The official code builds the teacher grid as the student's schedule type with (M+1)(N−1)+1 points; for an
+    EDM (polynomial ρ) grid that is `refine_sigmas` with the same ρ, for other grid types (time-uniform,
+    log-SNR) pass it as `teacher_sigmas` (e.g. `diffusion.sigma_grid(kind, (M+1)·N + 1, ...)`).
+    """
+    s = validate_sigmas(sigmas, allow_zero_end=False)
+    if teacher_sigmas is None:
+        return refine_sigmas(s, inserted, rho)
+    fine = validate_sigmas(teacher_sigmas, allow_zero_end=False)
+    m = check_int("inserted", inserted, 0, 1 << 20)
+    if len(fine) != (m + 1) * (len(s) - 1) + 1 or not np.allclose(fine[::m + 1], s, rtol=1e-6, atol=0.0):
+        raise ValueError(f"`teacher_sigmas` must hold the {len(s)} student sigmas at every {m + 1}-th of its "
+                         f"{(m + 1) * (len(s) - 1) + 1} points (inserted={m}); got {len(fine)} points "
+                         f"{np.array2string(fine, precision=4, threshold=12)}")
+    fine = fine.copy()
+    fine[::m + 1] = s  # exact nesting at the student points
+    return fine
+
+
 def amed_teacher_trajectory(denoise_fn, x_T: jax.Array, sigmas, *, inserted: int = 1, rho: float | None = 7.0,
-                            has_aux: bool = False, teacher: str = "heun", max_order: int = 4) -> jax.Array:
+                            has_aux: bool = False, teacher: str = "heun", max_order: int = 4,
+                            teacher_sigmas=None) -> jax.Array:
     """The teacher on `sigmas` refined with M = `inserted` points per interval; its states at the student σ's.
 
     teacher: 'heun' (no AFS; the official teacher of AMED-Solver) or 'ipndm' (iPNDM with `max_order`, no AFS;
     the official launch.sh teacher of the CIFAR-10 AMED-Plugin on iPNDM, `--sampler_tea=ipndm`).
+    teacher_sigmas: the refined grid itself (see `teacher_grid`); None: σ^{1/ρ}-linear (log σ for ρ = None).
 
     Returns: [N+1, b, ...], element i the teacher state at sigmas[i] (element 0 is x_T).
     """
     check_choice("teacher", teacher, TEACHERS)
     s = validate_sigmas(sigmas, allow_zero_end=False)
     x = validate_x(x_T)
-    fine = refine_sigmas(s, inserted, rho)
+    fine = teacher_grid(s, inserted, rho, teacher_sigmas)
     dt = x.dtype
     plain = (lambda y, t: denoise_fn(y, t)[0]) if has_aux else denoise_fn
     if teacher == "ipndm":
@@ -489,7 +512,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
                          num_batches: int, inserted: int = 1, rho: float | None = 7.0,
                          learning_rate: float = 5e-3, afs: bool = True, has_aux: bool = False,
                          student: str = "amed", max_order: int | None = None, lower_order_final: bool = True,
-                         afs_mean=None, teacher: str = "heun", objective: str = "interval"):
+                         afs_mean=None, teacher: str = "heun", objective: str = "interval", teacher_sigmas=None):
     """Distils `predictor` as the official `AMED_loss` / training loop does (objective='interval', the default).
 
     For each batch x_T = sample_x_T(key_b): the teacher trajectory on the refined grid; then for each
@@ -501,6 +524,8 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
     analytical first step (needs afs=True; see `afs_direction`); use the same value when sampling.
     teacher: 'heun' (default) or 'ipndm' (the official CIFAR-10 plugin setting), see `amed_teacher_trajectory`;
     an iPNDM teacher uses the student's max_order (4 when the student is AMED-Solver).
+    teacher_sigmas: the teacher's grid (see `teacher_grid`; checked before anything compiles); None refines
+    `sigmas` σ^{1/ρ}-linearly with `rho`, which is the official grid only for EDM grids of that ρ.
     objective: 'interval' (the official loop above: N Adam steps per batch, one per interval) or 'final'
     (ours, not the paper's): ONE Adam step per batch on the squared error of the student's whole N-interval
     run from x_T — exactly the sampler (`sample_amed` / `sample_amed_plugin` with the same afs, afs_mean,
@@ -517,6 +542,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
     check_choice("teacher", teacher, TEACHERS)
     check_choice("objective", objective, OBJECTIVES)
     num_batches = check_int("num_batches", num_batches, 1, 1 << 30)
+    fine = teacher_grid(s, inserted, rho, teacher_sigmas)
     mean = check_afs_mean(afs_mean, bool(afs), jax.eval_shape(sample_x_T, key)) if afs_mean is not None else None
     max_order = _check_max_order(student, max_order) if student != "amed" else max_order
     if not (np.isfinite(learning_rate) and learning_rate > 0):
@@ -554,7 +580,7 @@ def train_amed_predictor(predictor: AMEDPredictor, denoise_fn, sigmas, sample_x_
         x_T = sample_x_T(k)
         traj = jax.lax.stop_gradient(amed_teacher_trajectory(
             denoise_fn, x_T, s, inserted=inserted, rho=rho, has_aux=has_aux, teacher=teacher,
-            max_order=4 if max_order is None else max_order))
+            max_order=4 if max_order is None else max_order, teacher_sigmas=fine))
         if objective == "final":
             loss, grads = jax.value_and_grad(final_loss)(params, x_T, traj[-1])
             updates, opt_state = opt.update(grads, opt_state, params)

@@ -81,6 +81,7 @@ def test_shipped_nfe_configs_pass_the_evaluate_check(arg):
     (dict(amed_batch_size=-8), r"`amed_batch_size` must be an integer >= 1; got -8"),
     (dict(amed_plugin_teacher="dpm"), r"`amed_plugin_teacher` must be one of \('heun', 'ipndm'\); got 'dpm'"),
     (dict(amed_objective="end"), r"`amed_objective` must be one of \('interval', 'final'\); got 'end'"),
+    (dict(amed_teacher_grid="rho1"), r"`amed_teacher_grid` must be one of \('official', 'rho7'\); got 'rho1'"),
     (dict(fd_bootstrap=1), r"`fd_bootstrap` must be an int: 0 \(off\) or the number of bootstrap resamples "
                            r"\(>= 2\); got 1"),
     (dict(fd_bootstrap=True), r"`fd_bootstrap` must be an int: 0 \(off\) .*; got True"),

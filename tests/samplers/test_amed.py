@@ -339,6 +339,32 @@ def test_ipndm_teacher_is_ipndm_on_the_refined_grid():
         S.amed_teacher_trajectory(den, x_T, sig, teacher="euler")
 
 
+def test_teacher_on_a_time_uniform_grid_is_heun_on_the_finer_time_uniform_grid():
+    # The official teacher grid is the student's schedule type with (M+1)(N−1)+1 points. A time-uniform grid
+    # (AMED-Solver's) nests in the finer time-uniform grid, but not in its σ^{1/7} refinement (the default).
+    with jax.enable_x64(True):
+        mu, s, x_T = _gauss(d=8, rows=4)
+        den = S.mixture_denoiser(jnp.stack([mu - 0.3, mu + 0.5]), 0.2)
+        sig, m = S.time_uniform_sigmas(4), 2
+        fine = S.time_uniform_sigmas(3 * (m + 1) + 1)
+        np.testing.assert_allclose(fine[::m + 1], sig, rtol=1e-12)
+        traj = S.amed_teacher_trajectory(den, x_T, sig, inserted=m, teacher_sigmas=fine)
+        for i in range(1, len(sig)):
+            want = S.sample_heun(den, x_T, fine[:i * (m + 1) + 1])  # no σ = 0: a full Heun step everywhere
+            np.testing.assert_allclose(traj[i], want, rtol=1e-12, atol=1e-12, err_msg=f"i={i}")
+        rho7 = S.refine_sigmas(sig, m, 7.0)
+        assert np.max(np.abs(np.log(rho7 / fine))) > 0.1  # the two teacher grids really differ
+        np.testing.assert_array_equal(S.teacher_grid(sig, m), rho7)  # the default is unchanged
+        np.testing.assert_array_equal(S.amed_teacher_trajectory(den, x_T, sig, inserted=m, teacher_sigmas=rho7),
+                                      S.amed_teacher_trajectory(den, x_T, sig, inserted=m))
+    with pytest.raises(ValueError, match=r"`teacher_sigmas` must hold the 4 student sigmas at every 3-th of its "
+                                         r"10 points \(inserted=2\); got 9 points"):
+        S.amed_teacher_trajectory(den, x_T, sig, inserted=m, teacher_sigmas=S.time_uniform_sigmas(9))
+    with pytest.raises(ValueError, match="`teacher_sigmas` must hold the 4 student sigmas"):
+        S.train_amed_predictor(S.AMEDPredictor(4, rngs=nnx.Rngs(0)), den, sig, lambda k: x_T, key=jax.random.key(0),
+                               num_batches=1, inserted=m, teacher_sigmas=S.edm_sigmas(10))
+
+
 @pytest.mark.parametrize("teacher", ["heun", "ipndm"])
 def test_training_regresses_the_chosen_teacher_with_the_data_mean_afs(teacher):
     # First batch, first interval: the loss train_amed_predictor records is amed_distillation_loss of the
