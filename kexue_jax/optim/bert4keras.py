@@ -223,8 +223,8 @@ def exponential_moving_average(optimizer: optax.GradientTransformation, momentum
   _checks.check_number("momentum", momentum, maximum=1.0)
 
   def init_fn(params):
-    return EMAState(optimizer.init(params), jax.tree.map(lambda p: jnp.zeros_like(_wide(p)), params),
-                    jnp.zeros([], jnp.float32))
+    ema = jax.tree.map(lambda p: jnp.zeros_like(_wide(p)), params)
+    return EMAState(optimizer.init(params), ema, jnp.zeros([], jnp.result_type(jnp.float32, *jax.tree.leaves(ema))))
 
   def update_fn(updates, state, params=None):
     if params is None:
