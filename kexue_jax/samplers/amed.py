@@ -407,9 +407,10 @@ TEACHERS = ("heun", "ipndm")
 def teacher_grid(sigmas, inserted: int, rho: float | None = 7.0, teacher_sigmas=None) -> np.ndarray:
     """The teacher's σ grid: `teacher_sigmas` checked to nest `sigmas`, or `refine_sigmas(sigmas, inserted, rho)`.
 
-    The official code builds the teacher grid as the student's schedule type with (M+1)(N−1)+1 points; for an
-    EDM (polynomial ρ) grid that is `refine_sigmas` with the same ρ, for other grid types (time-uniform,
-    log-SNR) pass it as `teacher_sigmas` (e.g. `diffusion.sigma_grid(kind, (M+1)·N + 1, ...)`).
+    The official code builds the teacher grid as the student's schedule type with (M+1)·N + 1 points for N
+    student intervals; for an EDM (polynomial ρ) grid that is `refine_sigmas` with the same ρ, for a log-SNR
+    grid `refine_sigmas` with ρ = None, for others (time-uniform) pass it as `teacher_sigmas` (e.g.
+    `diffusion.sigma_grid(kind, (M+1)·N + 1, ...)`).
     """
     s = validate_sigmas(sigmas, allow_zero_end=False)
     if teacher_sigmas is None:
