@@ -40,6 +40,11 @@ On digits, seeds 1-3 (results/nfe_table_digits.md, "Three more seeds"): the fina
 FD on all four seeds with either AFS (with the data mean 2.31-3.08, below all three baselines on each); the
 whole target is met on no seed by the paper's protocol and on three of four with the data mean and the final
 objective; AMED-Solver under the official objective fails on seed 2 (25.19, DDIM 20.90).
+All of the above distilled AMED-Solver against a teacher on the σ^{1/7}-refined grid; the official teacher
+grid (the student's time-uniform type with (M+1)·N + 1 points, `amed_teacher_grid='official'`, the default
+since 2026-11-23; `rho7` reproduces the tables) puts AMED-Solver with the paper's AFS at 25.4-27.8 on digits
+seeds 1-3 (worse than DDIM) and with the data mean at 2.61, 12.16, 2.67 (results/nfe_table_digits.md, "The
+official teacher grid for AMED-Solver").
 
 Setup: the author's U-Net with a sinusoidal noise-label embedding, EDM-preconditioned (σ_d = 0.5) and trained
 with the EDM loss on dequantised digits in [−1, 1]; then `kexue_jax.diffusion.nfe_table.evaluate` samples 500
