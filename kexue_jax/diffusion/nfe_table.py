@@ -171,18 +171,15 @@ def evaluate(model, dataset, *, key, config, workdir):
                 den_aux = denoisers(state)[1]
                 bsz = int(config.amed_batch_size)
                 inserted = 1 if solver else config.get("amed_plugin_inserted", 2)
-                # 'official': the teacher grid is the student's grid type with (M+1)·N + 1 points (diff-sampler):
-                # `refine_sigmas` with the grid's ρ for a polynomial grid, log-linear for log-SNR, and the finer
-                # time-uniform grid itself for AMED-Solver's. 'rho7': σ^{1/7}-linear always (the tables recorded
-                # before 2026-11-23; the same grid for the ρ = 7 plugin rows, not for AMED-Solver's).
-                official = config.get("amed_teacher_grid", "official") == "official"
+                # 'official': the teacher runs on the student's grid type with (M+1)·N + 1 points (diff-sampler);
+                # 'rho7': on the σ^{1/7}-linear refinement (the tables recorded before 2026-11-23). The two are the
+                # same grid for the ρ = 7 plugin rows, not for AMED-Solver's time-uniform grid.
                 fine = (schedules.sigma_grid(kind, (inserted + 1) * (len(sig) - 1) + 1, sigma_min, sigma_max, rho)
-                        if official and kind == "time_uniform" else None)
-                teacher_rho = (None if kind == "logsnr" else rho) if official and kind != "time_uniform" else 7.0
+                        if config.get("amed_teacher_grid", "official") == "official" else None)
                 pred, _ = samplers.train_amed_predictor(
                     pred, den_aux, sig, lambda k: sigma_max * jax.random.normal(k, (bsz, *shape), jnp.float32),
                     key=jax.random.fold_in(key, 1000 + target), num_batches=int(config.amed_num_batches),
-                    inserted=inserted, has_aux=True, teacher_sigmas=fine, rho=teacher_rho,
+                    inserted=inserted, has_aux=True, teacher_sigmas=fine,
                     afs=extra.get("afs", False), afs_mean=extra.get("afs_mean"),
                     student="amed" if solver else "ipndm",
                     teacher="heun" if solver else config.get("amed_plugin_teacher", "heun"),
