@@ -138,8 +138,8 @@ def evaluate(model, dataset, *, key, config, workdir):
     if n_boot:
         feats[("heun_100_steps", ref_nfe)] = metrics.classifier_features(classifier, ref_imgs)[0]
     results["test/fd_heun100"] = out["test/fd"]
-    results["test/fd_data"] = out["test/fd_data"]
-    # FD is biased upward at small n: real images at the samples' size n are the reference to read cells against.
+    # The whole test split's FD (test/fd_data) and, since FD is biased upward at small n, real images at the
+    # samples' size n: the references to read the cells against.
     results.update(metrics.data_fd_references(classifier, train, dataset, n, seed=int(config.seed)))
     rows.append(dict(sampler="heun_100_steps", nfe=ref_nfe, fd=out["test/fd"],
                      coverage=out["test/class_coverage"], entropy=out["test/class_entropy"], rmse_ref=0.0))

@@ -75,11 +75,9 @@ def piecewise_linear_lr(learning_rate: float, schedule: Mapping[int, float], *, 
   return lr
 
 
-def _name_mask(params, names: Sequence[str], *, match: bool):
-  def f(path, _):
-    hit = any(n in _path_name(path) for n in names)
-    return hit if match else not hit
-  return jax.tree_util.tree_map_with_path(f, params)
+def _matches(path, names: Sequence[str]) -> bool:
+  """Whether the '/'-joined pytree path contains one of `names` (bert4keras's `string_matching`)."""
+  return any(n in _path_name(path) for n in names)
 
 
 class ScheduledState(NamedTuple):
@@ -87,9 +85,8 @@ class ScheduledState(NamedTuple):
   count: jax.Array  # int32 scalar: steps taken, the argument of the learning-rate schedule
 
 
-def _check_learning_rate(learning_rate, *, strict):
-  if not callable(learning_rate):
-    _checks.check_number("learning_rate", learning_rate, strict=strict)
+def _as_schedule(learning_rate, *, strict):
+  _checks.check_number("learning_rate", learning_rate, strict=strict)  # a schedule (callable) passes
   return learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
 
@@ -119,11 +116,11 @@ def weight_decay(optimizer: optax.GradientTransformation, rate: float, learning_
   """
   _check_optimizer(optimizer)
   _checks.check_number("rate", rate)
-  lr = _check_learning_rate(learning_rate, strict=False)
+  lr = _as_schedule(learning_rate, strict=False)
   names = tuple(exclude_from)
 
   def decay(path, ui, w, lr_t):
-    if any(n in _path_name(path) for n in names):
+    if _matches(path, names):
       return ui
     return (ui - lr_t * rate * w).astype(ui.dtype)
   return _scheduled(optimizer, lr, decay)
@@ -138,11 +135,11 @@ def layer_adaptation(optimizer: optax.GradientTransformation, learning_rate: Any
   has norm lr_t‖w‖. `learning_rate` is the number or schedule the wrapped `optimizer` uses.
   """
   _check_optimizer(optimizer)
-  lr = _check_learning_rate(learning_rate, strict=True)
+  lr = _as_schedule(learning_rate, strict=True)
   names = tuple(exclude_from)
 
   def adapt(path, ui, w, lr_t):
-    if any(n in _path_name(path) for n in names):
+    if _matches(path, names):
       return ui
     lr_t = jnp.maximum(lr_t, 1e-7)
     nw, nu = jnp.linalg.norm(w), jnp.linalg.norm(ui)
@@ -191,7 +188,7 @@ def lazy_optimization(optimizer: optax.GradientTransformation, *, include_in: Se
     u, state = optimizer.update(updates, state, params)
 
     def mask(path, ui, g):
-      if names is not None and not any(n in _path_name(path) for n in names):
+      if names is not None and not _matches(path, names):
         return ui
       live = g != 0 if g.ndim == 0 else jnp.any(g != 0, axis=-1, keepdims=True)
       return jnp.where(live, ui, jnp.zeros_like(ui))
