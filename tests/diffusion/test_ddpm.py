@@ -66,6 +66,17 @@ def test_ddpm_loss_uses_documented_key_split_and_dequantisation():
     ref = np.mean(np.sum((eps - 0.5 * x_t) ** 2, axis=(1, 2, 3)))
     assert float(loss) == pytest.approx(ref, rel=1e-5)
     assert float(aux["mse_per_dim"]) == pytest.approx(ref / 16, rel=1e-5)
+    # weighting='elbo' with the posterior σ_t = β̄_{t−1}β_t/β̄_t: w_t = β_t⁴/(2β̄_t²α_t²σ_t²) (Ho's
+    # β_t²/(2σ_t²α_t(1 − ᾱ_t)) in the blog's notation), written here from the schedule, not from step_weight
+    loss_e, aux_e = jax.jit(lambda im, k: ddpm.ddpm_loss(eps_fn, {"image": im}, key=k, levels=17, weighting="elbo",
+                                                          sigma="posterior"))(images, key)
+    a, b, bb = SCHED.alpha[t], SCHED.beta[t], SCHED.bar_beta
+    sig = np.where(t == 1, b, bb[t - 1] * b / bb[t])  # σ_1 = β_1 in the ELBO (the posterior's σ_1 is 0)
+    w = b ** 4 / (2 * bb[t] ** 2 * a ** 2 * sig ** 2)
+    sq = np.sum((eps - 0.5 * x_t) ** 2, axis=(1, 2, 3))
+    assert float(loss_e) == pytest.approx(np.mean(w * sq), rel=1e-5)
+    assert float(aux_e["mse_per_dim"]) == pytest.approx(ref / 16, rel=1e-5)  # unweighted, as documented
+    assert abs(np.mean(w * sq) - np.mean(b ** 2 / (2 * bb[t] ** 2 * a ** 2) * sq)) > 1e-3 * np.mean(w * sq)
 
 
 def test_elbo_weight_is_the_kl_of_the_posterior_means():

@@ -44,6 +44,17 @@ def test_energy_distance():
     assert M.energy_distance(x, y) == pytest.approx(2 * xy - xx - yy, rel=1e-12)
 
 
+
+def test_energy_distance_beyond_one_block_of_rows_equals_brute_force():
+    # n > 1024 takes the blocked path (rows i..i+1023 against all), whose diagonal must be the block's own.
+    import scipy.spatial.distance as D
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(2100, 2)), rng.normal(size=(1300, 2)) * 1.2 + 0.1
+    dxx, dyy = D.cdist(x, x), D.cdist(y, y)
+    want = (2 * D.cdist(x, y).mean() - dxx.sum() / (2100 * 2099) - dyy.sum() / (1300 * 1299))
+    assert M.energy_distance(x, y) == pytest.approx(want, rel=1e-10)
+
 def test_class_histogram_metrics():
     out = M.class_histogram_metrics(np.repeat(np.arange(10), 3), 10)
     assert out == {"class_coverage": 10.0, "class_entropy": pytest.approx(math.log(10), rel=1e-12)}
@@ -174,3 +185,32 @@ def test_data_fd_references_at_the_samples_size_equal_brute_force():
     assert math.isnan(M.data_fd_references(clf, train, test, 298, num_subsets=1)["test/fd_test_subsets_mean"])
     with pytest.raises(ValueError, match="`n` must be an int >= 2; got 1"):
         M.data_fd_references(clf, train, test, 1)
+
+
+
+def test_image_metrics_scores_the_samples_not_the_test_split():
+    # test/fd and the class histogram come from the samples' features and predictions; test/fd_data,
+    # test/class_entropy_data and the accuracy from the test split's (brute force from classifier_features).
+    from kexue_jax import data
+
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    clf = M.train_classifier(train, steps=3)
+    samples = np.repeat(train.arrays["image"][:1], 30, axis=0)  # one image: one predicted class
+    samples = np.concatenate([samples, train.arrays["image"][100:130]])
+    out = M.image_metrics(clf, samples, train, test)
+    f_tr, _ = M.classifier_features(clf, train.arrays["image"])
+    f_te, p_te = M.classifier_features(clf, test.arrays["image"])
+    f_s, p_s = M.classifier_features(clf, samples)
+    ref = M.gaussian_statistics(f_tr)
+    assert out["test/fd"] == pytest.approx(M.frechet_distance(*M.gaussian_statistics(f_s), *ref), rel=1e-12)
+    assert out["test/fd_data"] == pytest.approx(M.frechet_distance(*M.gaussian_statistics(f_te), *ref), rel=1e-12)
+    counts = np.bincount(p_s, minlength=10) / len(p_s)
+    nz = counts[counts > 0]
+    assert out["test/class_coverage"] == len(nz)
+    assert out["test/class_entropy"] == pytest.approx(-np.sum(nz * np.log(nz)), rel=1e-12)
+    counts_te = np.bincount(p_te, minlength=10) / len(p_te)
+    nz_te = counts_te[counts_te > 0]
+    assert out["test/class_entropy_data"] == pytest.approx(-np.sum(nz_te * np.log(nz_te)), rel=1e-12)
+    assert out["test/classifier_accuracy"] == pytest.approx(np.mean(p_te == test.arrays["label"]), rel=1e-12)
+    # the sample histogram differs from the test split's, so swapping them cannot pass
+    assert abs(out["test/class_entropy"] - out["test/class_entropy_data"]) > 0.05

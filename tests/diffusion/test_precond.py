@@ -1,4 +1,6 @@
 """EDM preconditioning identities and parameterisation conversions, exact on Gaussian data."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +70,40 @@ def test_every_parameterisation_gives_the_exact_denoiser(sigma):
     np.testing.assert_allclose(np.asarray(P.edm_denoiser(raw, 0.5)(x, sigma)), np.asarray(d_true), rtol=1e-4,
                                atol=1e-4)
 
+
+
+def test_from_denoiser_closed_forms_on_gaussian_data():
+    # For x₀ ~ N(μ, s²), x = x₀ + σn: score = −(x − μ)/(s² + σ²), ε = E[n | x] = σ(x − μ)/(s² + σ²),
+    # v = ᾱε − β̄ D (ᾱ = 1/√(1+σ²), β̄ = σᾱ). Written from the Gaussian posterior, not from to_denoiser.
+    with jax.enable_x64(True):
+        x = MU + jax.random.normal(jax.random.key(3), (4, 5), jnp.float64) * 2.0
+        sigma = jnp.array([0.05, 0.9, 7.0, 60.0], jnp.float64)
+        s2 = sigma[:, None] ** 2
+        score = -(x - MU) / (S ** 2 + s2)
+        eps = sigma[:, None] * (x - MU) / (S ** 2 + s2)
+        d = (S ** 2 * x + s2 * MU) / (S ** 2 + s2)
+        ba = 1 / jnp.sqrt(1 + s2)
+        v = ba * eps - sigma[:, None] * ba * d
+        for name, want in (("score", score), ("eps", eps), ("x0", d), ("v", v)):
+            np.testing.assert_allclose(np.asarray(P.from_denoiser(exact_denoiser, name)(x, sigma)),
+                                       np.asarray(want), rtol=1e-12, err_msg=name)
+            # and back: to_denoiser of the closed-form prediction is the exact denoiser
+            pred = lambda xx, ss, w=want: w
+            back = P.to_denoiser(pred, name, vp_input=name == "v")(x, sigma)
+            np.testing.assert_allclose(np.asarray(back), np.asarray(d), rtol=1e-12, err_msg=name)
+
+
+def test_round_sigma_is_nearest_in_log_sigma():
+    # Between adjacent grid points a < b the log-nearest switches at √(ab), the linear-nearest at (a + b)/2;
+    # a σ strictly between the two must go to b.
+    sched = article_schedule(1000)
+    grid = vp_sigmas(sched)
+    for t in (1, 2, 3):  # the widest gaps (σ₁ = 0.0045, σ₂ = 0.0077, ...); near σ_T they are ~1e-5 relative
+        a, b = grid[t], grid[t + 1]
+        geo, mid = math.sqrt(a * b), (a + b) / 2
+        assert mid - geo > 1e-4 * b  # float32 can resolve the gap
+        sig, tt = P.round_sigma(jnp.array([0.5 * (geo + mid), 0.5 * (a + geo)], jnp.float32), sched)
+        np.testing.assert_array_equal(np.asarray(tt), [t + 1, t])
 
 def test_ddpm_denoiser_rounds_to_the_grid():
     sched = article_schedule(1000)

@@ -33,6 +33,8 @@ def test_linear_and_cosine_schedules_against_their_definitions():
     # Exact wherever the 0.999 clip is inactive (all but the very last steps).
     np.testing.assert_allclose(cos.bar_alpha[:990] ** 2, f[:990] / f[0], rtol=1e-9)
     assert np.all(cos.beta[1:] ** 2 <= 0.999 + 1e-12)
+    # The clip is active at t = T (1 − f(T)/f(T−1) = 1 − cos²(π/2)/… ≈ 1), and there only.
+    assert cos.beta[-1] ** 2 == pytest.approx(0.999, rel=1e-12) and cos.beta[-2] ** 2 < 0.99
 
 
 def test_vp_sigmas():
@@ -64,6 +66,26 @@ def test_logsnr_and_time_uniform_grids():
     np.testing.assert_allclose(tau, np.linspace(1, eps_s, 9), rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(S.sigma_grid("polynomial", 6), S.edm_sigmas(6), rtol=0)
 
+
+
+def test_time_uniform_rho_2_is_karras_vp_and_grids_by_name():
+    # Karras et al. 2022's VP-SDE: σ(τ) = √(exp(½β_d τ² + β_min τ) − 1), β_d = 19.9, β_min = 0.1, ε_s = 1e-3;
+    # with its own endpoints the grid must recover those constants, at ρ = 2 (DEIS's) as at ρ = 1.
+    vp = lambda tau: np.sqrt(np.expm1(0.5 * 19.9 * tau ** 2 + 0.1 * tau))
+    eps_s = 1e-3
+    lo, hi = float(vp(eps_s)), float(vp(1.0))
+    for rho in (1.0, 2.0, 3.0):
+        tau = (1 + np.arange(6) / 5 * (eps_s ** (1 / rho) - 1)) ** rho
+        np.testing.assert_allclose(S.time_uniform_sigmas(6, lo, hi, rho=rho, epsilon_s=eps_s), vp(tau), rtol=1e-10)
+    # sigma_grid dispatches by name with each grid's own default ρ
+    np.testing.assert_array_equal(S.sigma_grid("logsnr", 7, lo, hi), S.logsnr_sigmas(7, lo, hi))
+    np.testing.assert_array_equal(S.sigma_grid("time_uniform", 7, lo, hi), S.time_uniform_sigmas(7, lo, hi, 1.0))
+    np.testing.assert_array_equal(S.sigma_grid("time_uniform", 7, lo, hi, 2.0),
+                                  S.time_uniform_sigmas(7, lo, hi, 2.0))
+    np.testing.assert_array_equal(S.sigma_grid("polynomial", 7, lo, hi, 3.0), S.edm_sigmas(7, lo, hi, 3.0))
+    grids = [S.sigma_grid(k, 7, lo, hi) for k in ("polynomial", "logsnr", "time_uniform")]
+    grids += [S.sigma_grid("time_uniform", 7, lo, hi, 2.0), S.edm_sigmas(7, lo, hi, 1.0)]
+    assert all(np.max(np.abs(np.log(g) - np.log(h))) > 0.05 for i, g in enumerate(grids) for h in grids[i + 1:])
 
 BAD = [
     (lambda: S.article_schedule(0), "`num_steps` must be a positive int; got 0"),
