@@ -14,6 +14,7 @@ References:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -216,17 +217,20 @@ def train_classifier(train, *, steps: int = 2000, seed: int = 0, hidden=(256, 12
     return _CLASSIFIERS[key]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _features_and_classes(graphdef, state, images):
+    # Module level, graphdef static: one compilation per classifier structure and batch shape, reused across
+    # calls (a jit defined inside classifier_features was traced and compiled anew on every call).
+    m = nnx.merge(graphdef, state)
+    return m.features(images), jnp.argmax(m(images), -1)
+
+
 def classifier_features(classifier, images, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """(penultimate features [n, k] float64, predicted class [n]) of images in grey levels [n, h, w, c]."""
     graphdef, state = nnx.split(classifier)
-
-    @jax.jit
-    def run(state, im):
-        m = nnx.merge(graphdef, state)
-        return m.features(im), jnp.argmax(m(im), -1)
-
     images = np.asarray(images)
-    outs = [run(state, jnp.asarray(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    outs = [_features_and_classes(graphdef, state, jnp.asarray(images[i:i + batch_size]))
+            for i in range(0, len(images), batch_size)]
     return (np.concatenate([np.asarray(o[0], np.float64) for o in outs]),
             np.concatenate([np.asarray(o[1]) for o in outs]))
 
