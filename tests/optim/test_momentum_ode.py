@@ -204,3 +204,59 @@ BAD = [
 def test_bad_inputs(build, message):
   with pytest.raises(ValueError, match=message):
     build()
+
+
+def test_explicit_euler_is_the_direct_first_order_iteration():
+  # x_{n+1} = x_n + h v_n, v_{n+1} = v_n + h(−λ v_n − k x_n): both updates from the old state (the symplectic
+  # variant, which updates v first, is also first order, so the order test alone cannot tell them apart).
+  with jax.enable_x64(True):
+    for h, n in ((0.1, 50), (0.03, 200)):
+      x, v = 1.0, 0.0
+      for _ in range(n):
+        x, v = x + h * v, v + h * (-0.5 * v - 1.0 * x)
+      got = float(ko.integrate_damped_oscillator(lambda th: th, jnp.array(1.0), jnp.array(0.0), dt=h,
+                                                 friction=0.5, num_steps=n, scheme="euler"))
+      assert got == pytest.approx(x, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["gd", "heavy_ball", "nesterov"])
+def test_iterations_to_tol_equal_a_float64_loop_with_the_textbook_constants(method):
+  # Spec §3.5: GD at 2/(L + μ); heavy ball at Polyak's α = 4/(√L + √μ)², β = ((√κ − 1)/(√κ + 1))²; Nesterov at
+  # α = 1/L, β = (√κ − 1)/(√κ + 1) in optax's form (m ← g + βm, step −α(g + βm)). Written here in NumPy
+  # float64; the library runs optax in float32, so the crossing of the tolerance may move by a step or two.
+  from kexue_jax.optim import momentum_experiments as me
+
+  kappa, dim, tol = 100.0, 8, 1e-5
+  lam = np.geomspace(1.0, kappa, dim)
+  x = np.random.default_rng(0).normal(size=dim)
+  bound, sk = tol * np.linalg.norm(x), np.sqrt(kappa)
+  alpha, beta = {"gd": (2 / (kappa + 1), 0.0), "heavy_ball": (4 / (sk + 1) ** 2, ((sk - 1) / (sk + 1)) ** 2),
+                 "nesterov": (1 / kappa, (sk - 1) / (sk + 1))}[method]
+  m, n = np.zeros(dim), 0
+  while np.linalg.norm(x) > bound:
+    g = lam * x
+    m = g + beta * m
+    x = x - alpha * (g + beta * m if method == "nesterov" else m)
+    n += 1
+  got = me.iterations_to_tol(method, kappa, dim=dim, tol=tol, max_iters=100_000)
+  assert abs(got - n) <= 2, (got, n)
+  if method == "gd":  # ‖x_n‖ ≤ ((κ − 1)/(κ + 1))ⁿ ‖x₀‖ at this step size: a bound on the count
+    assert n <= np.ceil(np.log(tol) / np.log((kappa - 1) / (kappa + 1)))
+
+
+def test_escape_grid_equals_a_float64_heavy_ball_loop():
+  # optax.sgd(α, momentum=β) on L(x) = x⁴/4 − x²/2 + 0.3x from x₀ = 2: m ← L'(x) + βm, x ← x − αm.
+  from kexue_jax.optim import momentum_experiments as me
+
+  alphas, betas, steps = [0.05, 0.1], [0.0, 0.5, 0.9], 60
+  final, traj = me.escape_grid(alphas, betas, num_steps=steps)
+  assert final.shape == (2, 3) and traj.shape == (2, 3, steps)
+  for i, a in enumerate(alphas):
+    for j, b in enumerate(betas):
+      x, m, path = 2.0, 0.0, []
+      for _ in range(steps):
+        m = (x ** 3 - x + 0.3) + b * m
+        x -= a * m
+        path.append(x)
+      np.testing.assert_allclose(traj[i, j], path, rtol=0, atol=2e-4)
+      assert final[i, j] == traj[i, j, -1]
