@@ -421,6 +421,16 @@ def _summaries(rows, config) -> dict[str, float]:
 # Distribution shift: labels permuted at step `shift_step`
 
 
+def _shift_schedule(config) -> tuple[int, int, int]:
+  """(num_steps, shift_step, every) of the shift test: min(shift.num_steps, num_steps) steps, labels permuted
+  at half of them, the full loss evaluated every min(shift.eval_every, shift_step) steps."""
+  num_steps = int(config.shift.num_steps)
+  if "num_steps" in config and config.num_steps < num_steps:
+    num_steps = int(config.num_steps)
+  shift_step = max(1, num_steps // 2)
+  return num_steps, shift_step, max(1, min(int(config.shift.eval_every), shift_step))
+
+
 def shift_experiment(config, workdir: str, store: UnitStore) -> dict[str, float]:
   """MLP on digits; labels permuted mid-training; steps (after the shift) to get back to the pre-shift loss
   (and to the fixed loss `config.shift.level`).
@@ -429,11 +439,7 @@ def shift_experiment(config, workdir: str, store: UnitStore) -> dict[str, float]
   A run that never recovers is counted as the remaining number of steps (censored) and flagged.
   The training (one compiled call) is the unit 'shift' of `store`.
   """
-  num_steps = int(config.shift.num_steps)
-  if "num_steps" in config and config.num_steps < num_steps:
-    num_steps = int(config.num_steps)
-  shift_step = max(1, num_steps // 2)
-  every = max(1, min(int(config.shift.eval_every), shift_step))
+  num_steps, shift_step, every = _shift_schedule(config)
   x, y = _digits()
   task = classification_task("mlp_digits_shift", x, y, (64, 64, 10), batch_size=64, target=0.0,
                              shift_step=shift_step)
@@ -649,6 +655,9 @@ def check_config(config) -> None:
   if not isinstance(config.num_steps, int) or isinstance(config.num_steps, bool) or config.num_steps < 1:
     raise ConfigError(f"`num_steps` must be a positive int; got {config.num_steps!r}")
   check_int(config.eval_every, "eval_every")
+  # Training runs whole evaluation intervals: an interval that does not divide num_steps would train past it.
+  require(config.num_steps % min(config.eval_every, config.num_steps) == 0, "eval_every",
+          f"a divisor of num_steps ({config.num_steps}) or >= it", config.eval_every)
   if config.get("compile_group") is not None:
     check_int(config.compile_group, "compile_group")
 
@@ -691,6 +700,17 @@ def check_config(config) -> None:
         require(key in shift, f"shift.{key}", "set when shift.enabled", "<missing>")
       check_int(shift.num_steps, "shift.num_steps", minimum=2)  # labels change at num_steps // 2 >= 1
       check_int(shift.eval_every, "shift.eval_every")
+      # The pre-shift loss is the last evaluation at or before the shift: one must fall on it, or an earlier
+      # (higher) loss is the bar and recovery looks faster than it is.
+      shift_steps, shift_step, every = _shift_schedule(config)
+      require(shift_steps >= 2, "shift.num_steps", "min(shift.num_steps, num_steps) >= 2 (steps before and after "
+              "the shift)", shift_steps)
+      require(shift_step % every == 0, "shift.eval_every",
+              f"a divisor of the shift step {shift_step} (min(shift.num_steps, num_steps) // 2) or >= it, so that "
+              "the pre-shift loss is evaluated at the shift", shift.eval_every)
+      require(shift_steps % every == 0, "shift.eval_every",
+              f"a divisor of the shift test's {shift_steps} steps (min(shift.num_steps, num_steps)), so that it "
+              "does not train past them", shift.eval_every)
       check_real(shift.lr, "shift.lr", "a finite number > 0", lambda x: x > 0)
       check_real(shift.level, "shift.level", "a finite number > 0 (a training loss to reach)",
                   lambda x: x > 0)

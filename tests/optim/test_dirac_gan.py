@@ -129,6 +129,54 @@ def test_regularisers_add_the_documented_terms():
     assert np.all(ev.real < 0)
 
 
+def test_nk_penalty_differentiates_the_regularised_discriminator_loss():
+  """With l2 = 0.2 and zero_gp = 0.5 the NK generator penalty is η‖∇_φ L_D‖² of L_D WITH the D regularisers
+  (the docstring): L_D + (l2/2)‖φ‖² + zero_gp‖φ‖², written here. θ̇ = −∇_θ(L_G + η‖∇_φ L_D‖²), φ̇ = −∇_φ L_D;
+  autodiff of those losses, rtol 1e-12. The penalty of the bare L_D differs, so the check tells them apart."""
+  with jax.enable_x64(True):
+    phi, theta = jnp.array([0.3, -0.2]), jnp.array([0.5, 0.1])
+    l2, zero_gp, eta = 0.2, 0.5, 0.3
+    d_loss, g_loss = ko.dirac_gan_losses("vanilla")
+    d_reg = lambda p, t: d_loss(p, t) + 0.5 * l2 * jnp.sum(p ** 2) + zero_gp * jnp.sum(p ** 2)  # noqa: E731
+    gen = lambda d, t: g_loss(phi, t) + eta * jnp.sum(jnp.square(jax.grad(d)(phi, t)))  # noqa: E731
+    dphi, dtheta = ko.dirac_gan_field("vanilla", l2=l2, zero_gp=zero_gp, nk=eta)(phi, theta)
+    np.testing.assert_allclose(dphi, -jax.grad(d_reg)(phi, theta), rtol=1e-12)
+    want = -jax.grad(lambda t: gen(d_reg, t))(theta)
+    np.testing.assert_allclose(dtheta, want, rtol=1e-12)
+    bare = -jax.grad(lambda t: gen(d_loss, t))(theta)
+    assert np.linalg.norm(bare - want) > 1e-3 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("scheme", ["simultaneous", "alternating"])
+def test_generator_ema_averages_the_new_iterates(scheme):
+  """Three SGD steps (h = 0.1) of the vanilla Dirac GAN with ema_decay δ = 0.7 against a NumPy loop of the
+  article's field φ̇ = −σ(θ·φ)θ, θ̇ = (1 − σ(θ·φ))φ (alternating: θ̇ at the new φ) and the EMA
+  e_0 = θ_0, e_t = δ e_{t−1} + (1 − δ) θ_t of the NEW iterates; float64, rtol 1e-12."""
+  h, decay = 0.1, 0.7
+  sig = lambda t: 1 / (1 + np.exp(-t))  # noqa: E731
+  phi, theta = np.array([0.6, -0.4]), np.array([0.5, 0.8])
+  ema, thetas, emas = theta.copy(), [theta], [theta]
+  for _ in range(3):
+    new_phi = phi - h * sig(theta @ phi) * theta
+    p = new_phi if scheme == "alternating" else phi
+    theta = theta + h * (1 - sig(theta @ p)) * p
+    phi = new_phi
+    ema = decay * ema + (1 - decay) * theta
+    thetas.append(theta)
+    emas.append(ema)
+  with jax.enable_x64(True):
+    out = ko.train_dirac_gan(ko.dirac_gan_field("vanilla"), jnp.array([0.6, -0.4]), jnp.array([0.5, 0.8]),
+                             d_optimizer=optax.sgd(h), g_optimizer=optax.sgd(h), num_steps=3, scheme=scheme,
+                             ema_decay=decay)
+    np.testing.assert_allclose(out["theta"], thetas[-1], rtol=1e-12)
+    np.testing.assert_allclose(out["theta_ema"], emas[-1], rtol=1e-12)
+    np.testing.assert_allclose(out["theta_norm"], [np.linalg.norm(t) for t in thetas], rtol=1e-12)
+    np.testing.assert_allclose(out["theta_ema_norm"], [np.linalg.norm(e) for e in emas], rtol=1e-12)
+  # An EMA of the old iterates (one step behind) would differ by far more than the tolerance.
+  lagged = decay ** 3 * thetas[0] + (1 - decay) * sum(decay ** (2 - k) * thetas[k] for k in range(3))
+  assert np.linalg.norm(lagged - emas[-1]) > 1e-6 * np.linalg.norm(emas[-1])
+
+
 BAD = [
     (lambda: ko.dirac_gan_field("lsgan"), r"`variant` must be one of \('vanilla', 'wgan', 'wgan_gp', 'gan_qp'\)"),
     (lambda: ko.dirac_gan_field("wgan_gp", lam=0.0), "`lam` must be a finite number > 0.0; got 0.0"),

@@ -7,9 +7,11 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.stats
 
+from kexue_jax.core import sharding
 from kexue_jax.optim import ring_gan as rg
 from tests.helpers import run_python
 
@@ -204,3 +206,117 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
   assert len(losses) == 4 and losses[0] != losses[-1]  # it trains
   for k in ("zero_gp/ema/energy_distance", "zero_gp/raw/energy_distance", "zero_gp/final_loss_g"):
     np.testing.assert_allclose(res[8][k], res[1][k], rtol=1e-4, err_msg=k)
+
+
+# ------------------------------------------------------- the training step against losses written here
+
+def _ref_mlp(params, h):
+  """ReLU MLP written here (not `rg.mlp`): h [b, in] -> [b, out], no activation on the last layer."""
+  for i, layer in enumerate(params):
+    h = h @ layer["w"] + layer["b"][None, :]
+    if i < len(params) - 1:
+      h = jnp.maximum(h, 0.0)
+  return h
+
+
+def _ref_r1(d, x):
+  """E‖∇_x D(x_i)‖² from one jax.grad per sample (vmap), at the points x given."""
+  per = jax.vmap(jax.grad(lambda xi: _ref_mlp(d, xi[None])[0, 0]))(x)  # [b, 2]
+  return jnp.mean(jnp.sum(jnp.square(per), axis=1))
+
+
+def _ref_losses(d, g, x, z, zero_gp=0.0, l2=0.0):
+  """(L_D, L_G) of the module docstring, written here: softplus(t) = log(1 + eᵗ); the zero-centred penalty at
+  the REAL points; L2 on D as the loss term (l2/2)‖φ‖² (its gradient l2·φ is what add_decayed_weights adds)."""
+  d_real, d_fake = _ref_mlp(d, x)[:, 0], _ref_mlp(d, _ref_mlp(g, z))[:, 0]
+  sq = sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(d))
+  loss_d = (jnp.mean(jnp.logaddexp(0.0, -d_real)) + jnp.mean(jnp.logaddexp(0.0, d_fake))
+            + zero_gp * _ref_r1(d, x) + 0.5 * l2 * sq)
+  return loss_d, jnp.mean(jnp.logaddexp(0.0, -d_fake))
+
+
+def _batch(n=16, z_dim=3, seed=5):
+  rng = np.random.default_rng(seed)
+  return (rg.sample_ring(n, num_modes=8, radius=2.0, std=0.3, seed=seed).astype(np.float64),
+          rng.standard_normal((n, z_dim)))
+
+
+def test_gan_losses_take_the_penalty_at_the_real_points():
+  """parts['grad_penalty'] and L_D against the per-sample jax.grad of the D written here at x_real (not at G(z));
+  the penalty at the fake points is checked to differ, so the comparison can tell the two apart."""
+  with jax.enable_x64(True):
+    d = rg.init_mlp(jax.random.key(1), (2, 8, 8, 1))
+    g = rg.init_mlp(jax.random.key(2), (3, 8, 8, 2))
+    x, z = (jnp.asarray(a) for a in _batch())
+    ld, lg, parts = rg.gan_losses(d, g, x, z, zero_gp=0.3)
+    at_real, at_fake = float(_ref_r1(d, x)), float(_ref_r1(d, _ref_mlp(g, z)))
+    assert abs(at_real - at_fake) > 1e-2 * at_real
+    assert float(parts["grad_penalty"]) == pytest.approx(at_real, rel=1e-6)
+    want_d, want_g = _ref_losses(d, g, x, z, zero_gp=0.3)
+    assert float(ld) == pytest.approx(float(want_d), rel=1e-6)
+    assert float(lg) == pytest.approx(float(want_g), rel=1e-6)
+
+
+def _sgd_train_step(monkeypatch, regulariser, **kw):
+  """`rg.make_train_step` with optax.adam replaced by optax.sgd at the same learning rate, so one step moves
+  each player by exactly −lr·(its gradient); float64 when called inside enable_x64; 1 device."""
+  monkeypatch.setattr(optax, "adam", lambda learning_rate, b1, b2: optax.sgd(learning_rate))
+  c = _config(hidden=8, z_dim=3, **kw)
+  return rg.make_train_step(c, regulariser, sharding.make_mesh(c.mesh))
+
+
+@pytest.mark.parametrize("regulariser, scheme", [("none", "simultaneous"), ("none", "alternating"),
+                                                 ("l2", "simultaneous"), ("zero_gp", "alternating")])
+def test_one_sgd_step_descends_the_losses_written_here(monkeypatch, regulariser, scheme):
+  """One step of `make_train_step` (SGD): D moves by −lr_D ∇_φ L_D at the old point, with (l2/2)‖φ‖² for 'l2'
+  and zero_gp·E‖∇_x D(x_real)‖² for 'zero_gp' (config sets both weights; only the named one may act), and G by
+  −lr_G ∇_θ L_G at the OLD D (simultaneous) or at the NEW D (alternating). References: jax.grad of
+  `_ref_losses`; rtol 1e-5 (atol 1e-12 for the float64 cancellation in new − old where a gradient is ~0).
+  The reported losses are L_D at the old point (without the L2 term) and L_G at the D that G saw."""
+  with jax.enable_x64(True):
+    init, step = _sgd_train_step(monkeypatch, regulariser, scheme=scheme, d_learning_rate=0.5, g_learning_rate=0.2,
+                                 zero_gp=0.5, l2=0.3)
+    state = init(jax.random.key(3))
+    d0, g0 = jax.tree.map(np.array, state[:2])
+    x, z = _batch()
+    (d1, g1, *_), m = step(state, jnp.asarray(x), jnp.asarray(z))
+    zero_gp, l2 = {"none": (0.0, 0.0), "l2": (0.0, 0.3), "zero_gp": (0.5, 0.0)}[regulariser]
+    gd = jax.grad(lambda dp: _ref_losses(dp, g0, x, z, zero_gp, l2)[0])(d0)
+    d_new = jax.tree.map(lambda p, gr: p - 0.5 * gr, d0, gd)
+    d_for_g = d_new if scheme == "alternating" else d0
+    gg = jax.grad(lambda gp: _ref_losses(d_for_g, gp, x, z)[1])(g0)
+    for got, old, grad, lr in ((d1, d0, gd, 0.5), (g1, g0, gg, 0.2)):
+      for a, b, gr in zip(jax.tree.leaves(got), jax.tree.leaves(old), jax.tree.leaves(grad)):
+        np.testing.assert_allclose(np.asarray(a) - b, -lr * np.asarray(gr), rtol=1e-5, atol=1e-12)
+    # The reference can tell the alternatives apart: G's gradient at the other D, and D's without the
+    # regulariser, each differ from the one compared above by far more than the tolerance.
+    other = jax.grad(lambda gp: _ref_losses(d0 if scheme == "alternating" else d_new, gp, x, z)[1])(g0)
+    flat = lambda t: np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)])  # noqa: E731
+    assert np.linalg.norm(flat(other) - flat(gg)) > 1e-2 * np.linalg.norm(flat(gg))
+    if regulariser != "none":
+      plain = jax.grad(lambda dp: _ref_losses(dp, g0, x, z)[0])(d0)
+      assert np.linalg.norm(flat(plain) - flat(gd)) > 1e-2 * np.linalg.norm(flat(gd))
+    want_d = _ref_losses(d0, g0, x, z, zero_gp)[0]
+    assert float(m["loss_d"]) == pytest.approx(float(want_d), rel=1e-10)
+    assert float(m["loss_g"]) == pytest.approx(float(_ref_losses(d_for_g, g0, x, z)[1]), rel=1e-10)
+    assert float(m["grad_penalty"]) == pytest.approx(float(_ref_r1(d0, x)), rel=1e-10)
+
+
+def test_generator_ema_is_the_numpy_average_of_the_new_generators():
+  """Three Adam steps of `make_train_step` with decay δ = 0.6: g_ema after step t equals the NumPy recursion
+  e_0 = θ_0, e_t = δ e_{t−1} + (1 − δ) θ_t over the generators θ_t the steps return (float64, rtol 1e-12)."""
+  with jax.enable_x64(True):
+    c = _config(hidden=8, z_dim=3, ema_decay=0.6, scheme="alternating")
+    init, step = rg.make_train_step(c, "none", sharding.make_mesh(c.mesh))
+    state = init(jax.random.key(4))
+    ema = [np.array(leaf) for leaf in jax.tree.leaves(state[1])]
+    for s in range(3):
+      x, z = _batch(seed=10 + s)
+      state, _ = step(state, jnp.asarray(x), jnp.asarray(z))
+      new_g, got = ([np.array(leaf) for leaf in jax.tree.leaves(t)] for t in (state[1], state[4]))
+      ema = [0.6 * e + 0.4 * p for e, p in zip(ema, new_g)]
+      for a, b in zip(got, ema):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+      # The average differs from the iterate (so e_t = θ_t would fail) by far more than the tolerance.
+      gap = max(np.max(np.abs(b - p)) for b, p in zip(ema, new_g))
+      assert gap > 1e-6 * max(np.max(np.abs(p)) for p in new_g)
