@@ -42,10 +42,11 @@ whole target is met on no seed by the paper's protocol and on three of four with
 objective; AMED-Solver under the official objective fails on seed 2 (25.19, DDIM 20.90).
 All of the above distilled AMED-Solver against a teacher on the σ^{1/7}-refined grid; the official teacher
 grid (the student's time-uniform type with (M+1)·N + 1 points, `amed_teacher_grid='official'`, the default
-since 2026-11-23; `rho7` reproduces the tables) puts AMED-Solver with the paper's AFS at 25.4-27.8 on digits
-seeds 1-3 (worse than DDIM) and with the data mean at 2.61, 12.16, 2.67 (results/nfe_table_digits.md, "The
-official teacher grid for AMED-Solver"); on mnist5k seeds 1 and 3 at 27.9 and 67.9 (paper's AFS) and 19.1 and
-12.6 (data mean); results/nfe_table_mnist5k.md, same section.
+since 2026-11-23; `rho7` reproduces the tables) puts AMED-Solver with the paper's AFS at 23.7-27.8 on digits
+seeds 0-3 (worse than DDIM) and with the data mean at 2.13, 2.61, 12.16, 2.67 (results/nfe_table_digits.md, "The
+official teacher grid for AMED-Solver"); on mnist5k seeds 0-3 at 96.4, 27.9, 52.9, 67.9 (paper's AFS) and 11.7,
+19.1, 15.4, 12.6 (data mean); results/nfe_table_mnist5k.md, same section. The paper's exact protocol puts it
+below all three baselines on none of the 8 runs, the data mean on 6.
 
 Setup: the author's U-Net with a sinusoidal noise-label embedding, EDM-preconditioned (σ_d = 0.5) and trained
 with the EDM loss on dequantised digits in [−1, 1]; then `kexue_jax.diffusion.nfe_table.evaluate` samples 500
