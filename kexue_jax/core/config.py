@@ -86,14 +86,18 @@ def check_int(value: Any, key: str, *, minimum: int = 1) -> None:
             key, f"an integer >= {minimum}", value)
 
 
+MESH_AXES = ("data", "fsdp")  # the axes the trainer shards over (sharding.batch_axes, param_shardings)
+
+
 def mesh_size(mesh_config: Any, num_devices: int) -> dict[str, int]:
     """Resolves a mesh spec {'data': -1, 'fsdp': 1} against the device count (one -1 allowed)."""
     spec = dict(mesh_config) if mesh_config is not None else {"data": -1}
     require(len(spec) > 0 and all(isinstance(k, str) for k in spec), "mesh",
             "a dict of axis name -> size such as {'data': -1, 'fsdp': 1}", spec)
     for name, size in spec.items():
-        require(isinstance(size, numbers.Integral) and (size == -1 or size >= 1), f"mesh.{name}",
-                "a positive integer or -1 (all remaining devices)", size)
+        require(name in MESH_AXES, "mesh", f"a dict whose axis names are among {list(MESH_AXES)}", spec)
+        require(isinstance(size, numbers.Integral) and not isinstance(size, bool) and (size == -1 or size >= 1),
+                f"mesh.{name}", "a positive integer or -1 (all remaining devices)", size)
     auto = [k for k, v in spec.items() if v == -1]
     require(len(auto) <= 1, "mesh", "a spec with at most one axis of size -1", spec)
     fixed = math.prod(v for v in spec.values() if v != -1)

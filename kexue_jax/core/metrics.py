@@ -45,7 +45,10 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, filename)
         if resume_step is not None and os.path.exists(self.path):
-            rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            # Rows after the resumed step are redone; at that step only the training-log rows are kept (an
+            # evaluation row there may be missing after a kill, so the trainer redoes it).
+            rows = [r for r in read_jsonl(self.path) if r.get("step", 0) < resume_step
+                    or (r.get("step", 0) == resume_step and all(k == "step" or k.startswith("train/") for k in r))]
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -11,7 +11,11 @@ in/out shardings and donated state, and runs it in `train_and_evaluate(config, w
     evaluate on the test split -> results.json
 
 Determinism: the batch for step s is a pure function of (seed, s) and the step key is
-`fold_in(base_key, s)`, so a run resumed from step s replays steps s+1.. bit for bit.
+`fold_in(base_key, s)`, so a run resumed from step s replays steps s+1.. bit for bit. metrics.jsonl is
+resumed too: rows after s are dropped and redone, the metrics of the steps since the last logged row are
+saved beside each checkpoint (`workdir/train_window/`), and an evaluation due at s is redone, so the file
+reads as one uninterrupted run. Running a finished workdir again only re-evaluates (results.json keeps the
+training run's `train/` numbers); a `num_steps` below the latest checkpoint is a ConfigError.
 
 Config keys read here (all set explicitly in each experiment config):
   seed, dataset, data_dir (optional), model (import path), model_kwargs, loss (import path),
@@ -28,6 +32,7 @@ Config keys read here (all set explicitly in each experiment config):
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -234,6 +239,66 @@ def _restore_matching(checkpointer: ckpt_lib.Checkpointer, abstract_state: Any, 
     return restored
 
 
+def _latest_checkpoint_step(ckpt_dir: str) -> int | None:
+    """The latest complete checkpoint step in `ckpt_dir` (None if none), read without creating anything."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    probe = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+    try:
+        return probe.latest_step()
+    finally:
+        probe.close()
+
+
+def _window_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "train_window", f"{int(step)}.json")
+
+
+def _save_window(workdir: str, step: int, window: list[tuple[int, dict]], *, keep) -> None:
+    """Writes the not-yet-logged steps' metrics for the checkpoint of `step` (atomically; before the checkpoint,
+    so a checkpoint never lacks its window) and removes the files of checkpoints no longer kept."""
+    directory = os.path.dirname(_window_path(workdir, step))
+    if window:
+        os.makedirs(directory, exist_ok=True)
+        rows = [[int(s), {k: [float(np.asarray(v)), str(np.asarray(v).dtype)] for k, v in m.items()}]
+                for s, m in window]
+        tmp = _window_path(workdir, step) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rows, f)
+        os.replace(tmp, _window_path(workdir, step))
+    if os.path.isdir(directory):
+        keep = {int(k) for k in keep} | {int(step)}
+        for name in os.listdir(directory):
+            stem = name.split(".")[0]
+            if stem.isdigit() and int(stem) not in keep:
+                os.remove(os.path.join(directory, name))
+
+
+def _load_window(workdir: str, step: int) -> list[tuple[int, dict]]:
+    path = _window_path(workdir, step)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = json.load(f)
+    return [(s, {k: np.asarray(v, dtype) for k, (v, dtype) in m.items()}) for s, m in rows]
+
+
+def _previous_train_results(workdir: str, metrics_path: str, num_steps: int) -> dict[str, float]:
+    """The 'train/' results of the run that trained this workdir: its results.json, else its last logged row."""
+    path = os.path.join(workdir, "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            prev = json.load(f)
+        out = {k: v for k, v in prev.items() if k.startswith("train/")}
+        if out:
+            return out
+    if not os.path.exists(metrics_path):  # e.g. a checkpoint copied into a fresh workdir to re-evaluate it
+        return {}
+    rows = [r for r in metrics_lib.read_jsonl(metrics_path) if r.get("step") == num_steps
+            and any(k.startswith("train/") for k in r)]
+    return {k: v for k, v in rows[-1].items() if k.startswith("train/")} if rows else {}
+
+
 def _check_finite(history: list[tuple[int, dict]]) -> None:
     for step, metrics in history:
         for name, value in metrics.items():
@@ -269,6 +334,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     if config.batch_size > len(train_ds):
         raise config_lib.ConfigError(f"`batch_size` must be <= the number of training examples "
                                      f"({len(train_ds)}); got {config.batch_size}")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    latest = _latest_checkpoint_step(ckpt_dir)
+    if latest is not None and latest > int(config.num_steps):
+        raise config_lib.ConfigError(
+            f"`num_steps` must be >= the step of the latest checkpoint in `workdir` {workdir} ({latest}): "
+            f"training cannot go back; got {config.num_steps} (use the config that wrote it or a fresh workdir)")
     tx = make_optimizer(config, resolved["optimizer"])
     loss_fn = functools.partial(resolved["loss"], **dict(config.get("loss_kwargs") or {}))
     ema_decay = config.get("ema_decay")
@@ -287,8 +358,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                                             before_compile=trace_step)
     step_fn = jit_train_step(make_train_step(loss_fn, tx, graphdef, ema_decay=ema_decay), mesh, shardings)
 
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         max_to_keep=config.get("keep_checkpoints", 2))
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=config.get("keep_checkpoints", 2))
     start = checkpointer.latest_step()
     base_key = jax.random.key(config.seed)
     batch_put = sharding_lib.batch_sharding(mesh)
@@ -304,14 +374,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     start = int(start or 0)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     num_steps = int(config.num_steps)
-    log_every = int(config.get("log_every", 50))
+    log_every = int(config.get("log_every") or 50)
     ckpt_every = int(config.get("checkpoint_every") or num_steps)
     sync_every = min(log_every, MAX_STEPS_WITHOUT_SYNC)
     progress = metrics_lib.Progress(num_steps, start, enabled=config.get("progress", True))
     pending: list[tuple[int, dict]] = []
-    window: list[tuple[int, dict]] = []
+    # The steps since the last logged row, saved beside each checkpoint: a resumed run logs the same
+    # averages as an uninterrupted one even when checkpoint_every is not a multiple of log_every.
+    window: list[tuple[int, dict]] = _load_window(workdir, start) if start else []
     last_metrics: dict[str, float] = {}
     t0, steps_done = time.perf_counter(), 0
+    if start and start != num_steps and config.get("eval_every") and start % config.eval_every == 0:
+        # the resumed step's periodic evaluation (MetricWriter dropped any row of it: it may be unwritten)
+        writer.write(start, _evaluate(config, resolved, graphdef, state, None))
     try:
         for step in range(start, num_steps):
             idx = batch_indices(step, len(train_ds), config.batch_size, config.seed)
@@ -331,6 +406,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                     writer.write(done, {f"train/{k}": v for k, v in last_metrics.items()})
                     window = []
                 if done % ckpt_every == 0 or done == num_steps:
+                    _save_window(workdir, done, window, keep=checkpointer.all_steps())
                     checkpointer.save(done, state)
             if config.get("eval_every") and done % config.eval_every == 0 and done != num_steps:
                 writer.write(done, _evaluate(config, resolved, graphdef, state, None))
@@ -343,6 +419,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     results["train/steps"] = float(num_steps)
     results["train/wall_s"] = wall
     results["train/steps_per_s"] = steps_done / wall if steps_done else float("nan")
+    if not steps_done:  # a finished workdir run again (evaluation only): keep the training run's numbers
+        results.update(_previous_train_results(workdir, writer.path, num_steps))
     results.update(_evaluate(config, resolved, graphdef, state, workdir))
     writer.write(num_steps, {k: v for k, v in results.items() if k.startswith(("test/", "eval/"))})
     if jax.process_index() == 0:

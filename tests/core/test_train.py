@@ -1,5 +1,7 @@
 """The shared trainer: the step's maths, determinism, EMA, carried model state, config errors."""
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -234,3 +236,76 @@ def test_check_real_dict_names_the_entry():
         config_lib.check_real_dict({"c": 1.0}, "w", ("a",), "a finite number", lambda x: True)
     with pytest.raises(config_lib.ConfigError, match=r"`w` must be a dict with keys from"):
         config_lib.check_real_dict(3.0, "w", ("a",), "a finite number", lambda x: True)
+
+
+# ---- resuming keeps metrics.jsonl and results.json as one uninterrupted run would write them ----
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_resume_between_log_steps_and_at_an_evaluation_writes_the_uninterrupted_rows(tmp_path):
+    # checkpoint_every 7 is not a multiple of log_every 5: the rows at 10 and 15 average steps on both sides of
+    # a checkpoint. A kill right after the save of step 7 leaves checkpoint 7 (with its window of steps 6-7) and
+    # the rows up to 7 (train row 5, evaluation row 7). The resumed run must write the straight run's rows.
+    config = tiny_config.get_config()
+    config.checkpoint_every, config.eval_every = 7, 7
+    straight = str(tmp_path / "straight")
+    train.train_and_evaluate(config, straight)
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(os.path.join(straight, "checkpoints", "7"), os.path.join(resumed, "checkpoints", "7"))
+    shutil.copytree(os.path.join(straight, "train_window"), os.path.join(resumed, "train_window"))
+    for name in os.listdir(os.path.join(resumed, "train_window")):
+        if name != "7.json":
+            os.remove(os.path.join(resumed, "train_window", name))
+    rows = _rows(straight)
+    kinds = [(r["step"], "train" if "train/loss" in r else "eval") for r in rows]
+    assert kinds == [(5, "train"), (7, "eval"), (10, "train"), (14, "eval"), (15, "train"), (20, "train"),
+                     (20, "eval")]
+    with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:  # what the killed run had written: rows <= 7
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= 7)
+    train.train_and_evaluate(config, resumed)
+    assert _rows(resumed) == rows  # every value bit for bit, each row once, the evaluation at 7 included
+
+
+def test_rerunning_a_finished_workdir_only_reevaluates(tmp_path):
+    config = tiny_config.get_config()
+    workdir = str(tmp_path)
+    first = train.train_and_evaluate(config, workdir)
+    rows = _rows(workdir)
+    again = train.train_and_evaluate(config, workdir)
+    assert _rows(workdir) == rows  # no second evaluation row, no lost training row
+    assert again == first  # train/ numbers (steps/s included) are the training run's; the evaluation is equal
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f)["train/loss"] == first["train/loss"]
+
+
+def test_num_steps_below_the_latest_checkpoint_is_an_error_before_compiling(tmp_path, monkeypatch):
+    config = tiny_config.get_config()
+    train.train_and_evaluate(config, str(tmp_path))  # checkpoints at 10 and 20
+    config.num_steps = 4
+
+    def no_compile(*a, **k):
+        raise AssertionError("jax.jit was called before the config was validated")
+
+    monkeypatch.setattr(train.jax, "jit", no_compile)
+    with pytest.raises(config_lib.ConfigError) as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert str(e.value) == (f"`num_steps` must be >= the step of the latest checkpoint in `workdir` {tmp_path} (20): "
+                            "training cannot go back; got 4 (use the config that wrote it or a fresh workdir)")
+
+
+def test_log_every_none_means_the_default(tmp_path):
+    config = tiny_config.get_config()
+    config.log_every, config.num_steps, config.checkpoint_every = None, 6, None
+    train.train_and_evaluate(config, str(tmp_path))
+    assert [r["step"] for r in _rows(str(tmp_path)) if "train/loss" in r] == [6]  # default 50 > 6: the last step
+
+
+def test_mesh_axis_names_and_sizes_are_checked():
+    with pytest.raises(config_lib.ConfigError, match=r"`mesh` must be a dict whose axis names are among "
+                                                      r"\['data', 'fsdp'\]; got \{'dat': -1\}"):
+        config_lib.mesh_size({"dat": -1}, 8)
+    with pytest.raises(config_lib.ConfigError, match=r"`mesh.data` must be a positive integer or -1 .*; got True"):
+        config_lib.mesh_size({"data": True}, 1)
