@@ -14,6 +14,7 @@ from kexue_jax.core import config as config_lib
 from kexue_jax.core import train
 from kexue_jax.nn import mlp
 from tests.core import tiny_config
+from tests.helpers import BACKEND_COMPILES
 
 
 def _tiny_model(seed=0):
@@ -133,9 +134,11 @@ def test_bad_config_raises_before_compiling(override, message, tmp_path, monkeyp
         raise AssertionError("jax.jit was called before the config was validated")
 
     monkeypatch.setattr(train.jax, "jit", no_compile)
+    BACKEND_COMPILES.clear()  # eager jax ops compile too, without jax.jit
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
+    assert BACKEND_COMPILES == []
 
 
 def test_loss_kwargs_mistake_raises_in_the_abstract_trace_before_compiling(tmp_path, monkeypatch):
@@ -290,8 +293,10 @@ def test_num_steps_below_the_latest_checkpoint_is_an_error_before_compiling(tmp_
         raise AssertionError("jax.jit was called before the config was validated")
 
     monkeypatch.setattr(train.jax, "jit", no_compile)
+    BACKEND_COMPILES.clear()
     with pytest.raises(config_lib.ConfigError) as e:
         train.train_and_evaluate(config, str(tmp_path))
+    assert BACKEND_COMPILES == []
     assert str(e.value) == (f"`num_steps` must be >= the step of the latest checkpoint in `workdir` {tmp_path} (20): "
                             "training cannot go back; got 4 (use the config that wrote it or a fresh workdir)")
 
