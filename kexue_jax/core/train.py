@@ -422,7 +422,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     if not steps_done:  # a finished workdir run again (evaluation only): keep the training run's numbers
         results.update(_previous_train_results(workdir, writer.path, num_steps))
     results.update(_evaluate(config, resolved, graphdef, state, workdir))
-    writer.write(num_steps, {k: v for k, v in results.items() if k.startswith(("test/", "eval/"))})
+    evaluated = {k: v for k, v in results.items() if k.startswith(("test/", "eval/"))}
+    if evaluated:  # no empty row when the config has no evaluate function
+        writer.write(num_steps, evaluated)
     if jax.process_index() == 0:
         metrics_lib.plot_curves(metrics_lib.read_jsonl(writer.path), ["train/loss"],
                                 os.path.join(workdir, "train_loss.png"))

@@ -100,3 +100,70 @@ def test_eight_devices_match_one_device_and_checkpoints_move_between_them(tmp_pa
     assert len(p1_on_8) == len(pf_on_1) > 0
     for a, b in zip(p1_on_8, pf_on_1):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+SHARDINGS = r"""
+import json, jax, numpy as np, optax
+from flax import nnx
+from kexue_jax.core import sharding, train
+from kexue_jax.nn import mlp
+assert jax.device_count() == 8, jax.device_count()
+mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+
+def spec(s):
+    return [list(a) if isinstance(a, tuple) else a for a in s.spec]
+
+def leaves(tree):
+    return {jax.tree_util.keystr(p): dict(shape=list(x.shape), spec=spec(x.sharding),
+                                          shard_shapes=sorted({tuple(s.data.shape) for s in x.addressable_shards}))
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+bsh = sharding.batch_sharding(mesh)
+x = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
+put = sharding.put_batch({"x": x}, bsh)["x"]
+shards = [dict(rows=[s.index[0].start or 0, 64 if s.index[0].stop is None else s.index[0].stop],
+               n=int(s.data.shape[0]), same=bool(np.array_equal(np.asarray(s.data), x[s.index])))
+          for s in put.addressable_shards]
+
+# 64 -> 128 -> 10: the first kernel (8192 entries) is above FSDP_MIN_SIZE, everything else below it.
+tx = optax.adam(1e-2)
+factory = lambda rngs: mlp.ImageClassifier(image_shape=(8, 8, 1), hidden=(128,), num_classes=10, levels=17, rngs=rngs)
+graphdef, state, shardings = train.init_state(factory, {}, tx, seed=0, mesh=mesh, ema=True)
+step = train.jit_train_step(train.make_train_step(mlp.classifier_loss, tx, graphdef, ema_decay=0.9), mesh, shardings)
+rng = np.random.default_rng(0)
+batch = sharding.put_batch({"image": rng.integers(0, 17, (64, 8, 8, 1)).astype(np.uint8),
+                            "label": rng.integers(0, 10, 64).astype(np.int32)}, bsh)
+init = dict(params=leaves(state.params), opt_state=leaves(state.opt_state), ema=leaves(state.ema_params))
+after, _ = step(state, batch, jax.random.key(0))  # donates `state`
+print("FACTS" + json.dumps(dict(
+    batch_spec=spec(bsh), put_spec=spec(put.sharding), shards=shards, init=init,
+    after=dict(params=leaves(after.params), opt_state=leaves(after.opt_state), ema=leaves(after.ema_params)))))
+"""
+
+
+@pytest.mark.multidevice
+def test_fsdp_shards_large_parameters_and_their_optimizer_state_and_splits_the_batch():
+    """Under mesh {'data': 2, 'fsdp': 4} on 8 devices: the batch is split 8 ways over ('data', 'fsdp'); the
+    large kernel, its Adam moments and its EMA are split 4 ways over 'fsdp' along their largest dimension, at
+    init and after a step; small leaves stay replicated."""
+    from tests.helpers import run_for_json
+
+    facts = run_for_json(SHARDINGS, devices=8, timeout=240, marker="FACTS")
+    assert facts["batch_spec"] == facts["put_spec"] == [["data", "fsdp"]]
+    assert len(facts["shards"]) == 8
+    assert all(s["n"] == 8 and s["same"] for s in facts["shards"]), facts["shards"]
+    # The 8 shards hold 8 different row blocks that together cover the batch once.
+    assert sorted(tuple(s["rows"]) for s in facts["shards"]) == [(8 * i, 8 * i + 8) for i in range(8)]
+
+    for when in ("init", "after"):
+        for part in ("params", "opt_state", "ema"):
+            leaves = facts[when][part]
+            sharded = {k: v for k, v in leaves.items() if "fsdp" in [a for a in v["spec"] if a]}
+            # params and EMA: the one (64, 128) kernel; Adam: its mu and nu
+            assert len(sharded) == (2 if part == "opt_state" else 1), (when, part, leaves)
+            for k, v in sharded.items():
+                assert v["shape"] == [64, 128] and v["spec"] == [None, "fsdp"], (when, part, k, v)
+                assert v["shard_shapes"] == [[64, 32]], (when, part, k, v)
+            for k, v in leaves.items():
+                if k not in sharded:
+                    assert not any(v["spec"]) and v["shard_shapes"] == [v["shape"]], (when, part, k, v)

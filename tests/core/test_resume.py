@@ -4,6 +4,7 @@ Each run is a real `python -m experiments.main` process, so these test the comma
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from kexue_jax.core import checkpoint as ckpt_lib
+from kexue_jax.nn import mlp
 from tests.helpers import REPO
 
 CONFIG = "tests/core/tiny_config.py"
@@ -37,6 +39,15 @@ def _restore_raw(workdir, step):
         target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
         restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
     return jax.tree.map(np.asarray, restored)
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _train_steps(workdir):
+    return [r["step"] for r in _rows(workdir) if "train/loss" in r]
 
 
 def _assert_bit_identical(a, b):
@@ -76,10 +87,46 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(straight, tmp_path):
     # The interrupted save of step 10 never committed; step 5 is the latest and restores.
     assert ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 5
     _restore_raw(workdir, 5)
+    # The row of step 10 was logged before the save was killed: the file runs past the checkpoint.
+    assert _train_steps(workdir) == [5, 10]
     resumed = _main(workdir, "--config.checkpoint_every=5")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 5" in resumed.stdout
     _assert_bit_identical(_restore_raw(straight, 20), _restore_raw(workdir, 20))
+    # The rows past step 5 were dropped and redone: one row per logging step, each equal to the uninterrupted
+    # run's (the final evaluation row included).
+    assert _train_steps(workdir) == [5, 10, 15, 20]
+    assert _rows(workdir) == _rows(straight)
+
+
+def key_scaled_loss(model, batch, *, key):
+    """classifier_loss times a random factor drawn from the step key, plus that draw as a metric: the step's
+    gradients, parameters and logged metrics all depend on which key the step got."""
+    loss, aux = mlp.classifier_loss(model, batch, key=None)
+    draw = jax.random.normal(key)
+    return loss * (1.0 + 0.5 * draw), {**aux, "draw": draw}
+
+
+def test_resume_replays_the_per_step_keys_of_a_loss_that_uses_them(tmp_path):
+    # A run killed right after its checkpoint of step 2 (its checkpoint and its rows up to step 2, copied from
+    # the uninterrupted run), then resumed: steps 3-4 must get the keys fold_in(key(seed), 3), (.., 4) again.
+    from kexue_jax.core import train
+    from tests.core import tiny_config
+
+    config = tiny_config.get_config()
+    config.loss = "tests.core.test_resume.key_scaled_loss"
+    config.num_steps, config.log_every, config.checkpoint_every, config.evaluate = 4, 1, 2, None
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.train_and_evaluate(config, straight)
+    rows = [r for r in _rows(straight) if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert len({r["train/draw"] for r in rows}) == 4  # the loss really draws from a per-step key
+    shutil.copytree(os.path.join(straight, "checkpoints", "2"), os.path.join(resumed, "checkpoints", "2"))
+    with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[:2])
+    train.train_and_evaluate(config, resumed)
+    assert [r for r in _rows(resumed) if "train/loss" in r] == rows  # every metric of steps 3-4 bit for bit
+    _assert_bit_identical(_restore_raw(straight, 4), _restore_raw(resumed, 4))  # params, Adam state, EMA
 
 
 def test_nan_stops_training_names_step_and_metric_and_keeps_last_good_checkpoint(tmp_path):

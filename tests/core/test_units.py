@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kexue_jax.core.config import ConfigError
-from kexue_jax.core.units import FAIL_AFTER_ENV, UnitFault, UnitStore
+from kexue_jax.core.units import FAIL_AFTER_ENV, UnitFault, UnitStore, _dirname
 
 
 def _config(**kw):
@@ -70,11 +70,25 @@ def test_fault_hook_then_resume_computes_only_the_rest(tmp_path, monkeypatch):
 
 def test_half_written_unit_is_recomputed(tmp_path):
   store = UnitStore(tmp_path, _config())
-  # What a kill during an orbax save leaves behind: a temporary directory, never the final name.
-  os.makedirs(os.path.join(store.directory, "unit-0.orbax-checkpoint-tmp-123"))
+  # What a kill during an orbax save leaves behind: `<final name>.orbax-checkpoint-tmp-<timestamp>` (orbax's
+  # temporary-path naming), holding part of the files, never the final name itself.
+  final = os.path.join(store.directory, _dirname("unit 0"))
+  partial = final + ".orbax-checkpoint-tmp-1712345678901234"
+  os.makedirs(os.path.join(partial, "arrays"))
+  with open(os.path.join(partial, "arrays", "_METADATA"), "w") as f:
+    f.write("{")
   assert not store.has("unit 0")
-  assert store.run("unit 0", lambda: {"a": 1.0})["a"] == 1.0
-  assert store.has("unit 0")
+  calls = []
+
+  def job():
+    calls.append(1)
+    return {"a": 2.5}
+
+  assert store.run("unit 0", job) == {"a": 2.5}
+  assert calls == [1] and store.has("unit 0") and os.path.isdir(final)
+  again = UnitStore(tmp_path, _config())
+  assert again.run("unit 0", job) == {"a": 2.5} and calls == [1]  # restored from the finished unit
+  assert [e["event"] for e in again.log()] == ["computed", "restored"]
 
 
 def test_different_config_is_a_config_error(tmp_path):
