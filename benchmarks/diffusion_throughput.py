@@ -17,10 +17,13 @@ Models (the configs' own U-Nets and losses):
 Printed, after the setup:
   train    the trainer's own step (`core.train.make_train_step` + `jit_train_step`: value_and_grad, the
            config's optax chain, donated sharded state) on a synthetic uint8 batch: images/s, and its time in
-           units of one jitted denoiser forward pass at the same batch (the peer, timed in alternation).
+           units of one jitted denoiser forward pass at the same batch (the peer, timed right after the
+           train step in the same run, each the min of its own `--repeats` runs; the two are not alternated).
   samplers each sampler with the number of steps that spends `--nfe` denoiser evaluations (`samplers.nfe`,
-           AFS counted as free), images/s, and the same against a jitted chain of exactly that many
-           denoiser evaluations (the peer): 'vs chain' = sampler images/s ÷ chain images/s (1.00 = the
+           AFS counted as free), or the most below `--nfe` its step structure allows (at `--nfe 5`: 4 for
+           Heun, DPM-Solver-2 and the plugin, which spend 2 per step), images/s, and the same against a
+           jitted chain of exactly as many denoiser evaluations as the sampler spends (its NFE column; the
+           peer, timed in alternation with it): 'vs chain' = sampler images/s ÷ chain images/s (1.00 = the
            sampler costs nothing beyond its denoiser calls). AMED-Solver runs with its predictor on the
            U-Net's pooled bottleneck features, as in the NFE table; the plugin with a fixed r = 0.4.
   ddpm     for ε-models, the article's ancestral sampler (`diffusion.ddpm.ddpm_sample`) over T steps
@@ -202,7 +205,7 @@ def main(argv=None):
         return jax.jit(lambda y: jax.lax.scan(lambda c, s: (den(c, s), None), y, sig)[0])
 
     print(f"samplers at NFE {args.nfe} (steps chosen so that samplers.nfe = {args.nfe}, or the largest below); "
-          f"'vs chain' = images/s / images/s of {args.nfe} chained denoiser calls")
+          f"'vs chain' = images/s / images/s of a chain of as many denoiser calls as the row's NFE column")
     print(f"{'sampler':24s} {'steps':>5s} {'NFE':>4s} {'images/s':>10s} {'vs chain':>9s}")
     chains = {}
     for name, (fn, opts, feat) in cases.items():

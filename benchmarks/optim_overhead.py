@@ -1,6 +1,7 @@
 """Step time and optimizer-state size of `eg_step_size_adaptation(optax.adam)` against `optax.adam`, one run.
 
-    python -m benchmarks.optim_overhead [--repeats 5] [--steps 50] [--eg-normalize rms]
+    python -m benchmarks.optim_overhead [--repeats 5] [--steps 30] [--eg-normalize rms] [--no-harness]
+        [--harness-steps 500] [--mlp-batches 128]
 
 Two models, plain JAX pytrees: an MLP (784-1024-1024-10, batch 128) and a small transformer-like model
 (4 pre-LN blocks, width 256, 4 heads of einsum attention, MLP ×4, sequence 128, batch 8, mean-pooled

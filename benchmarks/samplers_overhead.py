@@ -17,6 +17,9 @@ about ±0.08 between runs (60 ms programs on a shared 2-core CPU), more than the
 repeats the difference with a near-free denoiser, where both programs take milliseconds and 10× the repeats
 resolve the sampler's own arithmetic; it is printed in units of the U-Net's t_D. It cannot see a sampler
 that slows the denoiser itself (e.g. by fusion); the in-situ column bounds that to its noise.
+'amed (predictor)' runs AMED with an `AMEDPredictor(0)`: a predictor on 0 features, i.e. only its σ-embedding
+heads. The feature encoder of a real AMED run (the MLP on the U-Net's 64 pooled bottleneck features, and
+the denoiser returning those features) is not in it, so that row understates AMED-Solver's own cost.
 Measured 2026-11-22 (`--quick`, 4 min): own ops ≤ 0.0071 t_D for every sampler (the largest: DDPM and
 churned Heun, whose per-step Gaussian draw is most of it); in-situ −0.07 … +0.08.
 (An earlier version differenced each sampler's own n1- and n2-step times; on this machine its per-program
@@ -171,6 +174,8 @@ def main():
           f"{args.repeats} alternating repeats")
     print(f"last column: the same difference with a near-free denoiser (x·σ_d²/(σ²+σ_d²)), min of "
           f"{10 * args.repeats}, per step, in units of the U-Net's t_D (target ≤ 0.05)")
+    print("amed (predictor): its predictor reads 0 features (σ embeddings only); the cost of a real AMED "
+          "predictor's feature MLP (on the U-Net's 64 pooled bottleneck features) is not included")
     print(f"{'sampler':18s} {'ms/run':>9s} {'chain ms':>9s} {'NFE/step':>8s} {'overhead/t_D':>12s} "
           f"{'free ms':>8s} {'own ops/t_D':>11s}")
     worst = 0.0
