@@ -5,7 +5,8 @@
 `--quick` times 3 repeats at 4 and 10 steps (about a third of the default run) for a fast check.
 
 The denoiser is the article's U-Net (kexue_jax.nn.unet, sinusoidal time labels, EDM preconditioning from
-kexue_jax.diffusion.precond) at mnist5k size 28×28×1 with random weights (timing does not depend on them),
+kexue_jax.diffusion.precond) with the model_kwargs of the mnist5k NFE table (`experiments/diffusion/
+nfe_table.py:mnist5k`, 28×28×1) and random weights (timing does not depend on them),
 or with `--denoiser conv` a small conv net of this file. Each sampler is jitted with the denoiser inside and
 run for n2 steps; beside it, a jitted lax.scan that only chains exactly as many denoiser evaluations (the
 sampler's NFE) is timed, alternating with the sampler, min of the repeats. Printed: overhead =
@@ -20,8 +21,10 @@ that slows the denoiser itself (e.g. by fusion); the in-situ column bounds that 
 'amed (predictor)' runs AMED with an `AMEDPredictor(0)`: a predictor on 0 features, i.e. only its σ-embedding
 heads. The feature encoder of a real AMED run (the MLP on the U-Net's 64 pooled bottleneck features, and
 the denoiser returning those features) is not in it, so that row understates AMED-Solver's own cost.
-Measured 2026-11-22 (`--quick`, 4 min): own ops ≤ 0.0071 t_D for every sampler (the largest: DDPM and
-churned Heun, whose per-step Gaussian draw is most of it); in-situ −0.07 … +0.08.
+Measured 2026-11-23 (`--quick`, 4.5 min, t_D 75 ms at batch 64): own ops ≤ 0.0064 t_D for every sampler (the
+largest: DDPM and churned Heun, whose per-step Gaussian draw is most of it); in-situ −0.054 … +0.080.
+(The 2026-11-22 run, own ops ≤ 0.0071 and in-situ −0.07 … +0.08, used a U-Net with multipliers (1, 2), smaller
+than the table's (1, 2, 2); a review found it.)
 (An earlier version differenced each sampler's own n1- and n2-step times; on this machine its per-program
 noise gave overheads from −0.26 to +0.69 in one quiet run, while the iPNDM plugin, timed against plain
 iPNDM on the refined grid with the same 20 evaluations, cost the same to 3%.)
@@ -56,10 +59,11 @@ def _denoiser(kind: str):
     if kind == "unet":
         from kexue_jax.diffusion.precond import edm_denoiser
         from kexue_jax.nn.unet import UNet
-        net = UNet(image_size=28, in_channels=1, embedding_size=32, channel_multipliers=(1, 2), blocks=1,
-                   min_pixel=7, num_groups=8, time_embedding="sinusoidal", rngs=nnx.Rngs(0))
+        from experiments.diffusion import nfe_table as table_config
+        kwargs = dict(table_config.get_config("mnist5k").model_kwargs)  # the NFE table's mnist5k U-Net
+        net = UNet(**kwargs, rngs=nnx.Rngs(0))
         return (edm_denoiser(lambda x, c: net(x, c)),
-                "article U-Net 28x28x1 (embedding 32, multipliers (1, 2), 1 block, sinusoidal t), random weights")
+                f"the mnist5k NFE table's U-Net ({kwargs}), random weights")
     net = _Conv(32, nnx.Rngs(0))
     sd = 0.5
 
