@@ -8,6 +8,7 @@ the key, what was expected and what was given (STYLE.md §12).
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import numbers
 from typing import Any, Callable
@@ -110,6 +111,22 @@ def mesh_size(mesh_config: Any, num_devices: int) -> dict[str, int]:
     return spec
 
 
+def _check_optimizer_kwargs(factory: Callable[..., Any], config: Any) -> None:
+    """`optimizer_kwargs` must be keyword arguments of the factory (a typo was a TypeError from optax)."""
+    kwargs = dict(config.get("optimizer_kwargs") or {})
+    require(callable(factory), "optimizer", "an importable optax factory such as 'optax.adam'", config.optimizer)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no introspectable signature: the call itself will tell
+        return
+    try:
+        signature.bind_partial(learning_rate=0.1, **kwargs)
+    except TypeError:
+        names = [p for p in signature.parameters if p != "learning_rate"]
+        raise ConfigError(f"`optimizer_kwargs` must be keyword arguments of {config.optimizer} ({names}); "
+                          f"got {kwargs!r}") from None
+
+
 _REQUIRED = ("seed", "dataset", "model", "loss", "optimizer", "learning_rate", "batch_size", "num_steps")
 
 
@@ -165,6 +182,7 @@ def validate_train_config(config: Any, *, num_devices: int) -> dict[str, Callabl
         "optimizer": import_object(config.optimizer, key="optimizer"),
     }
     require(callable(resolved["model"]), "model", "a callable (an nnx.Module class or factory)", config.model)
+    _check_optimizer_kwargs(resolved["optimizer"], config)
     if config.get("data_init"):
         import_object(config.data_init, key="data_init")
     if config.get("evaluate"):

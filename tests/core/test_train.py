@@ -121,6 +121,9 @@ BAD_CONFIGS = [
      r"`warmup_steps` must be an integer < num_steps \(40\) when lr_schedule='warmup_cosine'; got 100"),
     (dict(mesh=dict(data=3)), r"`mesh` must be axis sizes whose product equals the device count 1"),
     (dict(lr_schedule="constant", warmup_steps=-1), r"`warmup_steps` must be an integer >= 0; got -1"),
+    (dict(mesh=dict(dat=-1)), r"`mesh` must be a dict whose axis names are among \['data', 'fsdp'\]"),
+    (dict(optimizer_kwargs=dict(b11=0.9)),
+     r"`optimizer_kwargs` must be keyword arguments of optax.adam \(\['b1', .*\]\); got \{'b11': 0.9\}"),
 ]
 
 
