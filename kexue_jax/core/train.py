@@ -359,7 +359,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     step_fn = jit_train_step(make_train_step(loss_fn, tx, graphdef, ema_decay=ema_decay), mesh, shardings)
 
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=config.get("keep_checkpoints", 2))
-    start = checkpointer.latest_step()
+    start = latest  # read before anything compiled, above
     base_key = jax.random.key(config.seed)
     batch_put = sharding_lib.batch_sharding(mesh)
     if start is not None:
@@ -384,10 +384,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     window: list[tuple[int, dict]] = _load_window(workdir, start) if start else []
     last_metrics: dict[str, float] = {}
     t0, steps_done = time.perf_counter(), 0
-    if start and start != num_steps and config.get("eval_every") and start % config.eval_every == 0:
-        # the resumed step's periodic evaluation (MetricWriter dropped any row of it: it may be unwritten)
-        writer.write(start, _evaluate(config, resolved, graphdef, state, None))
     try:
+        if start and start != num_steps and config.get("eval_every") and start % config.eval_every == 0:
+            # the resumed step's periodic evaluation (MetricWriter dropped any row of it: it may be unwritten)
+            writer.write(start, _evaluate(config, resolved, graphdef, state, None))
         for step in range(start, num_steps):
             idx = batch_indices(step, len(train_ds), config.batch_size, config.seed)
             batch = sharding_lib.put_batch(train_ds.batch(idx), batch_put)

@@ -104,7 +104,7 @@ def test_rmse_cells_and_what_the_amed_solver_row_distils_and_samples_with(monkey
     np.testing.assert_allclose(sig, schedules.time_uniform_sigmas(4, 0.002, 80.0, 1.0), rtol=1e-6)
     assert k["inserted"] == 1 and k["afs"] is True and k["teacher"] == "heun" and k["student"] == "amed"
     np.testing.assert_allclose(k["teacher_sigmas"], schedules.time_uniform_sigmas(7, 0.002, 80.0, 1.0), rtol=1e-6)
-    (s,), = [[kk for kk in sampled if "predictor" in kk]]
+    s, = [kk for kk in sampled if "predictor" in kk]
     assert s["afs"] is True and s.get("afs_mean") is None
 
 
