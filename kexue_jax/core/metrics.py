@@ -39,11 +39,20 @@ def write_results(workdir: str, results: Mapping[str, Any]) -> dict[str, float]:
 
 
 class MetricWriter:
-    """Appends metric rows to `workdir/metrics.jsonl`."""
+    """Appends metric rows to `workdir/metrics.jsonl`.
+
+    Only JAX process 0 touches the file: on a multi-host run every process runs the same loop, and N
+    processes appending the same rows to one shared file (or truncating it at once) would corrupt it.
+    """
 
     def __init__(self, workdir: str, *, filename: str = "metrics.jsonl", resume_step: int | None = None):
-        os.makedirs(workdir, exist_ok=True)
+        import jax
+
+        self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, filename)
+        if not self.active:
+            return
+        os.makedirs(workdir, exist_ok=True)
         if resume_step is not None and os.path.exists(self.path):
             # Rows after the resumed step are redone; at that step only the training-log rows are kept (an
             # evaluation row there may be missing after a kill, so the trainer redoes it).
@@ -55,6 +64,8 @@ class MetricWriter:
             os.replace(tmp, self.path)  # atomic: a crash here leaves the old or the new file, whole
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
         row = {"step": int(step)}
         for k, v in metrics.items():
             v = float(np.asarray(v))

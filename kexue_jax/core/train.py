@@ -70,7 +70,7 @@ class TrainState(NamedTuple):
 
 
 class NonFiniteError(RuntimeError):
-    """A training metric became NaN or infinite."""
+    """A training metric, or the parameters about to be checkpointed, became NaN or infinite."""
 
 
 def make_optimizer(config: Any, optimizer_factory: Callable[..., optax.GradientTransformation]
@@ -256,7 +256,10 @@ def _window_path(workdir: str, step: int) -> str:
 
 def _save_window(workdir: str, step: int, window: list[tuple[int, dict]], *, keep) -> None:
     """Writes the not-yet-logged steps' metrics for the checkpoint of `step` (atomically; before the checkpoint,
-    so a checkpoint never lacks its window) and removes the files of checkpoints no longer kept."""
+    so a checkpoint never lacks its window) and removes the files of checkpoints no longer kept. Only JAX
+    process 0 writes (every process computes the same window)."""
+    if jax.process_index() != 0:
+        return
     directory = os.path.dirname(_window_path(workdir, step))
     if window:
         os.makedirs(directory, exist_ok=True)
@@ -306,6 +309,22 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
                 raise NonFiniteError(
                     f"metric '{name}' became {float(value)} at step {step}; training stopped and the last "
                     f"good checkpoint was kept (lower `learning_rate`, set `grad_clip_norm`, or check the data)")
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.asarray(True)
+
+
+def _check_params_finite(state: TrainState, step: int) -> None:
+    """Before a checkpoint: the update of `step` can make the parameters NaN/inf while every logged loss (computed
+    before it) was finite; saving them would replace a good checkpoint with a bad one."""
+    if not bool(_all_finite((state.params, state.ema_params))):
+        raise NonFiniteError(
+            f"the parameters became non-finite in the update of step {step} (its loss was finite); training "
+            f"stopped before checkpointing them and the last good checkpoint was kept (lower `learning_rate`, "
+            f"set `grad_clip_norm`, or check the loss's gradient)")
 
 
 def _mean_metrics(history: list[tuple[int, dict]]) -> dict[str, float]:
@@ -406,6 +425,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                     writer.write(done, {f"train/{k}": v for k, v in last_metrics.items()})
                     window = []
                 if done % ckpt_every == 0 or done == num_steps:
+                    _check_params_finite(state, done)
                     _save_window(workdir, done, window, keep=checkpointer.all_steps())
                     checkpointer.save(done, state)
             if config.get("eval_every") and done % config.eval_every == 0 and done != num_steps:
