@@ -361,3 +361,101 @@ def test_bad_inputs(what, fn, message):
     # without initialising parameters op by op first
     with pytest.raises(ValueError, match=re.escape(message)):
         nnx.eval_shape(fn)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The coupling formulas and the conditional split prior against NumPy float64 references. The contract
+# checks above hold for ANY consistent choice of scale function or of which conditioner output is the
+# shift, so these pin the formulas themselves: y₂ = s ⊗ x₂ + t with [t, raw] = conditioner(x₁) and
+#   'tanh': log s = B·tanh(raw/B);   'sigmoid': s = sigmoid(raw + 2) (openai/glow);   'exp': log s = raw.
+
+
+class _KnownConditioner(nnx.Module):
+    """h = 3·tanh(x·A + c) at every position: a fixed smooth map, evaluated again in NumPy by the tests."""
+
+    def __init__(self, a, c):
+        self.a = nnx.Param(jnp.asarray(a))
+        self.c = nnx.Param(jnp.asarray(c))
+
+    def __call__(self, x):
+        c = self.c[...].reshape((1,) * (x.ndim - 1) + self.c.shape)
+        return 3.0 * jnp.tanh(jnp.einsum("...i,io->...o", x, self.a[...]) + c)  # [..., in] -> [..., out]
+
+
+def _np_log_scale(raw, scale_fn, bound):
+    if scale_fn == "tanh":
+        return bound * np.tanh(raw / bound)
+    if scale_fn == "sigmoid":
+        return -np.log1p(np.exp(-(raw + 2.0)))  # log sigmoid(raw + 2)
+    return raw
+
+
+@pytest.mark.parametrize("scale_fn", ["tanh", "sigmoid", "exp", "additive"])
+def test_coupling_formulas_match_numpy(scale_fn):
+    rng = np.random.default_rng(11)
+    bound = 1.5  # not the default 2, so a bound that is ignored or fixed shows
+    affine = scale_fn != "additive"
+    with jax.enable_x64(True):
+        x = rng.standard_normal((2, 2, 2, 4))  # [b, h, w, c]
+        # (1) channel split, both parities: the conditioning half (first for parity 0) -> [t, raw] for the other
+        for parity in (0, 1):
+            a, c = rng.standard_normal((2, 4 if affine else 2)), rng.standard_normal(4 if affine else 2)
+            cond = _KnownConditioner(a, c)
+            layer = (F.AffineCoupling(cond, num_channels=4, parity=parity, scale_fn=scale_fn, scale_bound=bound)
+                     if affine else F.AdditiveCoupling(cond, num_channels=4, parity=parity))
+            y, ld = map(np.asarray, _fast_jit(lambda m, v: m.forward_and_log_det(v), layer, x))
+            x_cond, x_act = (x[..., :2], x[..., 2:]) if parity == 0 else (x[..., 2:], x[..., :2])
+            h = 3.0 * np.tanh(x_cond @ a + c)
+            t, log_s = ((h[..., :2], _np_log_scale(h[..., 2:], scale_fn, bound)) if affine
+                        else (h, np.zeros_like(x_act)))
+            out = x_act * np.exp(log_s) + t
+            y_ref = np.concatenate([x_cond, out] if parity == 0 else [out, x_cond], axis=-1)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(ld, np.sum(log_s, axis=(1, 2, 3)), rtol=1e-12, atol=1e-12)
+            assert np.max(np.abs(h)) > 2.0  # raw reaches the region where the scale functions differ
+        # (2) a checkerboard mask: the conditioner sees x·m (full event) and returns [t, raw] for every entry
+        m = F.checkerboard_mask(2, 2, 4, parity=1).astype(np.float64)[None]
+        a, c = rng.standard_normal((4, 8 if affine else 4)), rng.standard_normal(8 if affine else 4)
+        cond = _KnownConditioner(a, c)
+        layer = (F.AffineCoupling(cond, mask=m[0], scale_fn=scale_fn, scale_bound=bound) if affine
+                 else F.AdditiveCoupling(cond, mask=m[0]))
+        y, ld = map(np.asarray, _fast_jit(lambda mod, v: mod.forward_and_log_det(v), layer, x))
+        h = 3.0 * np.tanh((x * m) @ a + c)
+        t, log_s = (h[..., :4], _np_log_scale(h[..., 4:], scale_fn, bound)) if affine else (h, np.zeros_like(x))
+        np.testing.assert_allclose(y, x * m + (1 - m) * (x * np.exp(log_s) + t), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ld, np.sum((1 - m) * log_s, axis=(1, 2, 3)), rtol=1e-12, atol=1e-12)
+
+
+def _np_conv3x3_same(x, kernel, bias):
+    """'SAME' 3×3 convolution by explicit sums: x [b, h, w, ci], kernel [3, 3, ci, co] -> [b, h, w, co]."""
+    b, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((b, h, w, kernel.shape[-1])) + bias
+    for i in range(3):
+        for j in range(3):
+            out += xp[:, i:i + h, j:j + w, :] @ kernel[i, j]
+    return out
+
+
+def test_factor_out_log_density_is_the_conditional_gaussian_prior():
+    # Spec generative.md §4.4 check 5: log N(z; 0, I) + log_det of FactorOut(conditional) equals, by brute
+    # force, log N(x_keep; 0, I) + Σ log N(x_out; μ(x_keep), σ(x_keep)²), with [μ, log σ] = conv3×3(x_keep)
+    # evaluated here in NumPy (a split prior that is silently N(0, I), or a wrong log σ, cannot pass).
+    layer = _randomised(lambda rngs: F.FactorOut((2, 3, 4), F.Flatten((2, 3, 2)), conditional=True, rngs=rngs),
+                        scale=0.3)
+    with jax.enable_x64(True):
+        graphdef, state = nnx.split(layer)
+        state = _to_float64(state)
+        layer = nnx.merge(graphdef, state)
+        x = np.random.default_rng(12).standard_normal((3, 2, 3, 4))
+        log_p = np.asarray(_fast_jit(lambda m, v: F.standard_normal_log_prob(m.forward_and_log_det(v)[0])
+                                     + m.forward_and_log_det(v)[1], layer, x))
+        kernel = np.asarray(layer.prior_net.kernel[...])
+        bias = np.asarray(layer.prior_net.bias[...])
+    x_keep, x_out = x[..., :2], x[..., 2:]
+    h = _np_conv3x3_same(x_keep, kernel, bias)
+    mu, log_sigma = h[..., :2], h[..., 2:]
+    gauss = lambda v, m, ls: -0.5 * ((v - m) * np.exp(-ls)) ** 2 - ls - 0.5 * np.log(2 * np.pi)  # noqa: E731
+    expected = (np.sum(gauss(x_keep, 0.0, 0.0), axis=(1, 2, 3)) + np.sum(gauss(x_out, mu, log_sigma), axis=(1, 2, 3)))
+    assert np.max(np.abs(log_sigma)) > 0.1 and np.max(np.abs(mu)) > 0.1  # the prior is far from N(0, I)
+    np.testing.assert_allclose(log_p, expected, rtol=1e-12, atol=1e-12)

@@ -121,6 +121,24 @@ def test_sampling_is_deterministic_in_the_key_and_jits_once():
     assert len(traces) == 1  # new keys and new images reuse the compiled program
 
 
+@pytest.mark.parametrize("event_shape", [(4, 4, 1), (5,)])
+def test_couplings_of_q_alternate_the_half_they_update(event_shape):
+    # The first layer is purely conditional (mask all zeros: every entry is updated); the couplings after it use
+    # the checkerboard (images) or interleaved (vectors) mask of parity 0, 1, 0, ...: consecutive couplings update
+    # complementary halves, so no entry of v is left with a single elementwise affine layer.
+    dq = nnx.eval_shape(lambda: DQ.VariationalDequantizer(event_shape=event_shape, levels=17, num_couplings=3,
+                                                          width=4, hidden=(4,), rngs=nnx.Rngs(0)))
+    masks = [np.asarray(m, np.float32).reshape(event_shape) for m in dq.masks]
+    assert len(masks) == 4
+    np.testing.assert_array_equal(masks[0], np.zeros(event_shape))
+    for k in range(1, 4):
+        parity = (k - 1) % 2
+        expected = (F.checkerboard_mask(*event_shape, parity=parity) if len(event_shape) == 3
+                    else F.interleaved_mask(event_shape[0], parity=parity))
+        np.testing.assert_array_equal(masks[k], expected)
+    np.testing.assert_array_equal(masks[1] + masks[2], np.ones(event_shape))
+
+
 # ----------------------------------------------------------------------------------------------------
 # u ∈ (0, 1) strictly, and x + u stays in the bin of x.
 
@@ -338,6 +356,27 @@ def test_uniform_dequantizer_is_flow_loss_draw_for_draw():
     assert np.ptp(np.asarray(ref)) > 0.05
 
 
+def test_variational_flow_loss_reports_the_elbo_terms_of_its_draw():
+    # With the same key, `dequantized_terms` gives the draw's log p(y) and log q(u|x) (log q checked against
+    # jacfwd above): the loss is mean (log q − log p + D ln L)/(D ln 2) (NumPy float64, D = 4), and the aux
+    # terms are −E log p and E log q (nonzero for a random q, so a sign error shows).
+    graphdef, state = _random_params(_nice_flow("variational"), seed=4, scale=1.0)
+    images = np.random.default_rng(3).integers(0, 17, (6, 4)).astype(np.uint8)
+    key = jax.random.key(2)
+
+    @_jit
+    def run(state):
+        model = nnx.merge(graphdef, state)
+        return DQ.variational_flow_loss(model, {"image": images}, key=key, levels=17), DQ.dequantized_terms(
+            model, images, key=key)
+
+    (loss, aux), (log_p, log_q) = jax.tree.map(lambda a: np.asarray(a, np.float64), run(state))
+    assert abs(np.mean(log_q)) > 0.1
+    np.testing.assert_allclose(loss, np.mean((log_q - log_p + 4 * math.log(17)) / (4 * math.log(2))), rtol=1e-6)
+    np.testing.assert_allclose(aux["nll_nats"], -np.mean(log_p), rtol=1e-6)
+    np.testing.assert_allclose(aux["log_q_nats"], np.mean(log_q), rtol=1e-6)
+
+
 def test_evaluate_matches_flows_evaluate_for_uniform_and_bounds_are_ordered():
     images = np.random.default_rng(1).integers(0, 17, (7, 4)).astype(np.uint8)
     dataset = types.SimpleNamespace(arrays={"image": images}, levels=17)
@@ -350,6 +389,9 @@ def test_evaluate_matches_flows_evaluate_for_uniform_and_bounds_are_ordered():
         if kind == "uniform":  # the same draws as flows.evaluate: the same number
             np.testing.assert_allclose(out["test/bpd"], out["test/flow_uniform_bpd"], rtol=1e-6)
             assert out["test/log_q_nats"] == 0.0
+            # nats and bits/dim of the same draws: bpd = (nll_nats + D ln L)/(D ln 2) (log q = 0), D = 4
+            np.testing.assert_allclose(out["test/bpd"], (out["test/nll_nats"] + 4 * math.log(17)) / (4 * math.log(2)),
+                                       rtol=1e-6)
         else:
             assert out["test/iw_bpd"] < out["test/bpd"] - 1e-4
 

@@ -12,6 +12,7 @@ Plus sampling round trip, `fvae_loss` accounting and a bad-input table.
 """
 import math
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -252,6 +253,68 @@ def test_sample_round_trip_and_loss_accounting():
     np.testing.assert_allclose(r["loss"], expected_bpd, rtol=1e-5)
     np.testing.assert_allclose(r["aux"]["neg_elbo_nats"], np.mean(r["terms"]["loss"]), rtol=1e-5)
     np.testing.assert_allclose(r["aux"]["recon_nats"] + r["aux"]["kl_nats"], r["aux"]["neg_elbo_nats"], rtol=1e-5)
+
+
+def test_fvae_loss_bits_per_dim_count_data_dimensions_when_the_latent_is_smaller():
+    # latent d = 4 < D = 6 (projected, diagonal posterior): bits/dim = mean_b (L_b + D ln 17)/(D ln 2) of the
+    # general loss L at the documented draws (key_y, key_u = split(key)), in NumPy float64 from L.
+    model = _randomised(_diagonal_projected_case)
+    graphdef, state = nnx.split(model)
+    key = jax.random.key(3)
+    images = np.random.default_rng(9).integers(0, 17, (5, 6)).astype(np.uint8)
+
+    def run(state, images):
+        m = nnx.merge(graphdef, state)
+        loss, aux = fvae_loss(m, {"image": images}, key=key, levels=17)
+        key_y, key_u = jax.random.split(key)
+        y = (images.astype(jnp.float32) + jax.random.uniform(key_y, images.shape)) / 17 - 0.5
+        return loss, aux, m.loss_terms(y, jax.random.normal(key_u, (5, 4)))["loss"]
+
+    loss, aux, terms = jax.tree.map(np.asarray, _jit(run, state, images))
+    terms = terms.astype(np.float64)
+    np.testing.assert_allclose(loss, np.mean((terms + 6 * math.log(17)) / (6 * math.log(2))), rtol=1e-5)
+    np.testing.assert_allclose(aux["neg_elbo_nats"], np.mean(terms), rtol=1e-5)
+
+
+def test_evaluate_against_the_closed_form_linear_gaussian_model():
+    # F = identity, E(y) = W_e y + b_e and G(h) = W_d h + b_d linear, latent d = 2 < D = 4, and W_dᵀW_d = c²I so the
+    # true posterior N(S W_dᵀ(y − b_d)/σ₂², S), S = I/(1 + c²/σ₂²), is isotropic: E and σ₁ are set to it exactly.
+    # Then the marginal is q(y) = N(y; b_d, W_d W_dᵀ + σ₂² I) in closed form (NumPy float64) and the general loss
+    # equals −log q(y) for EVERY u (as in the linear-Gaussian test above), so the −ELBO and the importance-sampled
+    # NLL of `evaluate` both equal the exact NLL (float32 rounding), and bits/dim count the D data dimensions.
+    # y is the evaluation's dequantisation (key fold_in(key(EVAL_DEQUANT_SEED), chunk)).
+    from kexue_jax.flows import fvae as FV
+    from kexue_jax.flows.likelihood import bits_per_dim
+
+    rng = np.random.default_rng(8)
+    big_d, d, s2, c = 4, 2, 0.3, 0.5
+    w_d = c * np.linalg.qr(rng.standard_normal((big_d, big_d)))[0][:, :d]  # [D, d], W_dᵀW_d = c² I
+    b_d = 0.1 * rng.standard_normal(big_d)
+    post_var = 1.0 / (1.0 + c ** 2 / s2 ** 2)
+    w_e = post_var * w_d.T / s2 ** 2  # [d, D]: the posterior mean map
+    model = FVAE(event_shape=(big_d,), latent_dim=d, num_encoder_blocks=0, num_decoder_blocks=0, hidden=4,
+                 num_couplings=0, sigma1_init=math.sqrt(post_var), sigma2_init=s2, levels=17, rngs=nnx.Rngs(0))
+    model.encoder_in.kernel[...] = jnp.asarray(w_e.T, jnp.float32)  # y @ kernel: [D, d]
+    model.encoder_in.bias[...] = jnp.asarray(-w_e @ b_d, jnp.float32)
+    model.decoder_out.kernel[...] = jnp.asarray(w_d.T, jnp.float32)  # h @ kernel: [d, D]
+    model.decoder_out.bias[...] = jnp.asarray(b_d, jnp.float32)
+    images = rng.integers(0, 17, (10, big_d)).astype(np.uint8)
+    dataset = types.SimpleNamespace(arrays={"image": images}, levels=17)
+    config = dict(eval_num_samples=16, eval_elbo_samples=4, eval_batch_size=10, eval_sample_chunk_size=8)
+    out = FV.evaluate(model, dataset, key=jax.random.key(1), config=config, workdir=None)
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(FV.EVAL_DEQUANT_SEED), 0), (10, big_d)),
+                   np.float64)
+    y = (images + u) / 17 - 0.5
+    cov = w_d @ w_d.T + s2 ** 2 * np.eye(big_d)
+    r = y - b_d
+    quad = np.einsum("bi,ij,bj->b", r, np.linalg.inv(cov), r)
+    exact_nll = 0.5 * (big_d * _LOG_2PI + np.linalg.slogdet(cov)[1] + quad)
+    for name in ("test/neg_elbo_nats", "test/nll_iwae_nats"):
+        np.testing.assert_allclose(out[name], np.mean(exact_nll), rtol=1e-5)
+    for name in ("test/neg_elbo_bpd", "test/nll_iwae_bpd"):  # (nll + D ln L)/(D ln 2) with D = 4, not d = 2
+        np.testing.assert_allclose(out[name], np.mean(bits_per_dim(-exact_nll, big_d, 17)), rtol=1e-5)
+    np.testing.assert_allclose(out["test/recon_nats"] + out["test/kl_nats"], out["test/neg_elbo_nats"], rtol=1e-6)
+    np.testing.assert_allclose([out["test/sigma1"], out["test/sigma2"]], [math.sqrt(post_var), s2], rtol=1e-6)
 
 
 def _abstract():

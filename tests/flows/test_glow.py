@@ -46,6 +46,33 @@ def test_actnorm_data_init_gives_zero_mean_unit_variance_on_the_init_batch():
     np.testing.assert_allclose(y2, y, atol=1e-5)
 
 
+def test_actnorm_parameters_are_the_init_batch_statistics_and_stay_fixed_after_the_context():
+    # Closed form (NumPy float64): bias = −mean and log_scale = −log(std + 1e-6) per channel over (b, h, w) of
+    # the init batch; once `data_dependent_init()` has exited, a forward pass on ANOTHER batch must use those
+    # parameters, y = (x' − mean)/std, and leave them unchanged (a context that does not switch off would
+    # re-standardise every batch it sees).
+    rng = np.random.default_rng(1)
+    x = (1.0 + rng.standard_normal((8, 3, 3, 3)) * np.array([0.5, 2.0, 4.0]) + np.array([0.0, -3.0, 1.0]))
+    x2 = 3.0 * rng.standard_normal((5, 3, 3, 3))
+    with jax.enable_x64(True):
+        layer = F.ActNorm(3)
+
+        @nnx.jit
+        def init_then_apply(layer, x, x2):
+            with F.data_dependent_init():
+                layer.forward_and_log_det(x)
+            return layer.forward_and_log_det(x2)
+
+        y2, ld2 = map(np.asarray, init_then_apply(layer, x, x2))
+        bias, log_scale = np.asarray(layer.bias[...]), np.asarray(layer.log_scale[...])
+    mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+    np.testing.assert_allclose(bias, -mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_scale, -np.log(std + 1e-6), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y2, (x2 - mean) / (std + 1e-6), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ld2, np.full(5, -9 * np.sum(np.log(std + 1e-6))), rtol=1e-12)
+    assert np.max(np.abs(y2.std(axis=(0, 1, 2)) - 1.0)) > 0.2  # x2 is not standardised by its own statistics
+
+
 def test_glow_data_init_standardises_every_actnorm_input():
     model = _glow()
     images = _images(32)

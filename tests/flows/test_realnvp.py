@@ -37,6 +37,29 @@ def test_checkerboard_then_channel_masks():
     np.testing.assert_array_equal(masks[0][..., 0], F.checkerboard_mask(4, 4, 1, parity=0)[..., 0])
 
 
+def test_multiscale_layout_alternates_channel_halves_and_ends_with_checkerboards():
+    # RealNVP §3.6 (module docstring): per level, n checkerboard couplings (parity 0, 1, 0, ...), squeeze, n channel
+    # couplings alternating which half conditions (parity 0, 1, 0, ...), factor out; then n + 1 checkerboard
+    # couplings on what is left. Without the alternation one half of the channels is never transformed.
+    n = 3
+    model = _initialised(lambda rngs: F.RealNVP(event_shape=(8, 8, 1), num_levels=2, num_couplings=n, width=4,
+                                                num_blocks=0, rngs=rngs))
+    chain, shapes = model.flow, [(8, 8, 1), (4, 4, 2)]
+    for h, w, c in shapes:
+        layers = list(chain.layers)
+        assert [type(l).__name__ for l in layers] == ["AffineCoupling"] * n + ["Squeeze"] + ["AffineCoupling"] * n + [
+            "FactorOut"]
+        for i in range(n):
+            np.testing.assert_array_equal(np.asarray(layers[i].mask), F.checkerboard_mask(h, w, c, parity=i % 2))
+            channel = layers[n + 1 + i]
+            assert channel.mask is None and channel.num_channels == 4 * c and channel.parity == i % 2
+        chain = layers[-1].inner
+    last = list(chain.layers)
+    assert [type(l).__name__ for l in last] == ["AffineCoupling"] * (n + 1) + ["Flatten"]
+    for i in range(n + 1):
+        np.testing.assert_array_equal(np.asarray(last[i].mask), F.checkerboard_mask(2, 2, 4, parity=i % 2))
+
+
 BAD = [
     ("odd image size", lambda: F.RealNVP(event_shape=(5, 5, 1), num_levels=1, num_couplings=2, width=4,
                                          rngs=nnx.Rngs(0)),
