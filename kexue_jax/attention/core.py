@@ -4,7 +4,8 @@
 
 `implementation` picks the backend: `jax.nn.dot_product_attention` ('xla', or 'cudnn' on a GPU) or a
 plain einsum path ('einsum'), which also allows a value head size different from the key head size.
-Logits and the softmax are float32 for float32/bfloat16/float16 inputs (float64 stays float64). Masked logits are replaced by a large
+Logits and the softmax are float32 for float32/bfloat16/float16 inputs (float64 stays float64: such
+inputs take the einsum path, since `jax.nn`'s xla softmax is always float32). Masked logits are replaced by a large
 finite negative number (as `jax.nn` does, not −inf), so a fully masked row is finite: it becomes the
 uniform average of the values, on every path alike.
 
@@ -109,6 +110,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | Non
             if not quiet:
                 warnings.warn(f"cudnn attention unavailable ({type(err).__name__}: {err}); using xla",
                               RuntimeWarning, stacklevel=2)
+    if q.dtype == jnp.float64:
+        # jax.nn's xla path always takes the softmax in float32; the einsum path keeps float64 (module doc).
+        return _einsum_attention(q, k, v, mask4, bias4, scale)
     return jax.nn.dot_product_attention(q, k, v, bias=bias4, mask=mask4, scale=scale, implementation="xla")
 
 

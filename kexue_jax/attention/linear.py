@@ -10,7 +10,9 @@ Feature maps: 'elu_plus_one' (1 + elu, Katharopoulos et al.), 'exp' (the article
 a key size m larger than the head size — make the q/k projections m-dimensional) and 'relu'.
 Su's lesson 1: multiplying φ(q_i) by any c_i > 0, or all φ(k_j) by one c > 0, leaves o unchanged. So
 'exp' subtracts the per-query max from q_i and one max per (batch, head) from the keys before exp; this
-is exact, not an approximation, and it keeps exp finite.
+is exact, not an approximation, and it keeps exp finite. Features are computed in at least float32. The key
+max is over the whole sequence, so in causal mode a later key more than ≈ 87 above the earlier ones (float32's
+exp range) underflows their features to 0 (see performer.py's note; a running-max rescaling would remove it).
 """
 from __future__ import annotations
 
@@ -158,6 +160,11 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"`k` must have the head dim of `q` ({q.shape[-1]}); got shape {k.shape}")
     check_chunk_size(q.shape[1], k.shape[1], causal=causal, chunk_size=chunk_size)
+    # Features in at least float32 (like core.attention's softmax): float16's exp underflows below e^{−17},
+    # so the one key shift per (batch, head) would zero whole rows, and causally let a future key erase
+    # the outputs of every earlier query.
+    dtype = jnp.promote_types(jnp.result_type(q, k), jnp.float32)
+    q, k = q.astype(dtype), k.astype(dtype)
     phi_q = _features(q, feature_map, is_query=True)
     phi_k = _features(k, feature_map, is_query=False) if key_mask is None else None
     if key_mask is not None:

@@ -18,6 +18,14 @@ of ω·x alone, so a query of large norm no longer underflows to all-zero featur
 the e^{−‖q‖²/2} factor entirely, exactly as Su's lesson 1 allows); (2) Google takes the key max over the
 whole array, batch included, which couples the examples of a batch; here it is per (batch, head). Projections are drawn from explicit keys: redraw per call by passing a fresh key
 (e.g. fold_in(key, step)), or every N steps with `performer_redraw_key`.
+
+Known limit of this stabiliser in causal mode (as in Google's code, kept as the spec prescribes): the key
+max is taken over the whole sequence and eps is added after it, so a later key whose log-feature exceeds the
+earlier ones by ≳ −log(eps) ≈ 14 shrinks their features to the size of eps and changes earlier outputs (review
+2026-11-23: one later key 17 above the rest moved outputs 0–6 by up to 1.70, with |output| ≈ 0.56; with
+eps = 0 by 3.6e-7, but then a gap past float32's exp range, ≈ 87, underflows earlier features to 0). Causal
+training on data with such gaps needs a running-max (online-softmax style) rescaling of the prefix sums,
+which this module does not implement. `linear.linear_attention(feature_map='exp')` shares the limit in float32.
 """
 from __future__ import annotations
 

@@ -90,6 +90,33 @@ def test_bfloat16_keeps_dtype_and_matches_float32_to_bf16_precision():
         np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=5e-2)
 
 
+def test_custom_scale_and_float64_agree_with_float64_reference_on_every_path():
+    # float64 inputs keep a float64 softmax (1e-12 fails at float32 precision), and a user `scale` reaches
+    # both backends (the default 1/√k would differ by far more than the tolerance).
+    with jax.enable_x64(True):
+        q, k, v = _qkv(7, dtype=jnp.float64)
+        mask = combine_masks(causal_mask(5), padding_mask(jnp.array([5, 4]), length=5)[:, None, :])  # [b, t, s]
+        bias = jnp.asarray(np.random.default_rng(8).normal(size=(2, 1, 5, 5)))
+        ref = _np_attention(q, k, v, np.asarray(mask)[:, None], np.asarray(bias), scale=1.7)
+        outs = jax.jit(lambda q, k, v: [attention(q, k, v, mask=mask, bias=bias, scale=1.7, implementation=impl)
+                                        for impl in ("xla", "einsum")])(q, k, v)
+        for out in outs:
+            assert out.dtype == jnp.float64
+            np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_softmax_is_computed_in_float32():
+    # bf16 inputs, exact in bf16 (small integers), whose logits differ by less than bf16's resolution at 256:
+    # a float32 softmax separates 256 and 257 (weights e/(1+e) vs 1/(1+e)); a bf16 one rounds both to 256.
+    q = jnp.asarray([16.0, 1.0], jnp.bfloat16).reshape(1, 1, 1, 2)
+    k = jnp.asarray([[16.0, 0.0], [16.0, 1.0]], jnp.bfloat16).reshape(1, 2, 1, 2)  # logits 256 and 257
+    v = jnp.asarray([[0.0, 0.0], [1.0, 0.0]], jnp.bfloat16).reshape(1, 2, 1, 2)  # o[0] = weight of key 1
+    outs = jax.jit(lambda q, k, v: [attention(q, k, v, scale=1.0, implementation=impl)
+                                    for impl in ("xla", "einsum")])(q, k, v)
+    for out in outs:  # 0.7311 to bf16 rounding (2^-9 here); bf16 logits would give 0.5
+        np.testing.assert_allclose(float(out[0, 0, 0, 0]), np.e / (1 + np.e), atol=4e-3)
+
+
 def test_no_recompile_for_new_values():
     traces = []
 

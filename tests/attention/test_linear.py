@@ -85,6 +85,20 @@ def test_key_mask_equals_masked_quadratic_form_and_ignores_huge_padded_keys(feat
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_float16_exp_features_keep_a_dominant_future_key_from_erasing_the_past():
+    # One key shift per (batch, head) is exact algebra, but float16's exp underflows below e^{−17}: a last
+    # key 20 above the others would zero every earlier key's features, so causal queries 0..t−2 (which
+    # cannot see that key) would output 0. Features and sums must be formed in at least float32.
+    q, k, v = _data(6, t=4, m=2, e=3)
+    k[:, 3, :, 0] += 20.0
+    q16, k16, v16 = (a.astype(np.float16) for a in (q, k, v))
+    f64 = lambda a: a.astype(np.float64)  # the reference sees the same float16-rounded inputs
+    ref = _quadratic(np.exp(f64(q16)), np.exp(f64(k16)), f64(v16), causal=True)
+    out = jax.jit(lambda q, k, v: linear_attention(q, k, v, feature_map="exp", causal=True, chunk_size=2))(
+        q16, k16, v16)
+    np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=2e-3, atol=2e-3)  # float16 rounding of v
+
+
 def test_rank_is_at_most_m_while_softmax_is_full_rank():
     rng = np.random.default_rng(4)
     n, d = 32, 4

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from kexue_jax.attention import mask_experiments as mx
 from tests.helpers import run_for_json
@@ -52,12 +53,49 @@ def test_masked_logits_equal_each_sequence_run_alone(scored):
     np.testing.assert_allclose(out["masked", "max"][0][:6], alone, rtol=1e-5, atol=1e-6)
 
 
+def _np_logits(params, ids, *, variant, pooling):
+    """logits_fn in float64 NumPy, one sequence at a time: masked = the BiRNN and the pooling see only the
+    valid prefix; naive = the backward RNN runs over the whole flipped padded row and pooling sees padding."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+    def rnn(w, seq):  # [n, embed] -> [n, hidden]
+        hidden, out = np.zeros(w["wh"].shape[0]), []
+        for x_t in seq:
+            hidden = np.tanh(x_t @ w["wx"] + hidden @ w["wh"] + w["b"])
+            out.append(hidden)
+        return np.stack(out)
+
+    feats = []
+    for row in np.asarray(ids):
+        n = int(np.sum(row != 0)) if variant == "masked" else len(row)
+        seq = p["embed"][row[:n]]
+        y = np.concatenate([rnn(p["fw"], seq), rnn(p["bw"], seq[::-1])[::-1]], -1)  # [n, 2 hidden]
+        feats.append(y.max(0) if pooling == "max" else y.mean(0))
+    return np.stack(feats) @ p["out"]["w"] + p["out"]["b"]
+
+
+@pytest.mark.parametrize("variant", mx.VARIANTS)
+@pytest.mark.parametrize("pooling", mx.POOLINGS)
+def test_logits_equal_a_float64_numpy_transcription(scored, variant, pooling):
+    params, seqs, _, out = scored
+    ids = mx.pad_to(seqs, 16)[:6]
+    np.testing.assert_allclose(out[variant, pooling][0][:6], _np_logits(params, ids, variant=variant, pooling=pooling),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_labels_are_first_token_mod_classes():
     seqs, labels = mx.make_sequences(np.random.default_rng(1), 50, vocab=20, min_len=3, max_len=9, num_classes=4)
     assert [int(s[0]) % 4 for s in seqs] == labels.tolist()
     assert all(3 <= len(s) <= 9 and s.min() >= 1 and s.max() <= 19 for s in seqs)
     padded = mx.pad_to(seqs, 12)
     assert padded.shape == (50, 12) and all((padded[i, len(s):] == 0).all() for i, s in enumerate(seqs))
+
+
+def test_lengths_are_uniform_on_min_len_to_max_len_inclusive():
+    seqs, _ = mx.make_sequences(np.random.default_rng(2), 700, vocab=20, min_len=3, max_len=9, num_classes=4)
+    counts = np.bincount([len(s) for s in seqs], minlength=10)[3:]
+    assert counts.sum() == 700 and np.all(counts > 0)  # both ends included
+    assert stats.chisquare(counts).pvalue > 1e-3  # uniform over the 7 lengths
 
 
 @pytest.mark.parametrize("kw, message", [

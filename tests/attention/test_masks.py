@@ -40,6 +40,11 @@ def test_causal_and_padding_masks():
     np.testing.assert_array_equal(padding_mask(jnp.array([[5, 9, 0], [0, 3, 0]])), [[1, 1, 0], [0, 1, 0]])
 
 
+def test_padding_mask_honours_pad_id():
+    ids = jnp.array([[5, 2, 0, 2], [2, 2, 7, 1]])
+    np.testing.assert_array_equal(padding_mask(ids, pad_id=2), np.asarray(ids) != 2)
+
+
 def test_combine_masks_follows_attention_ranks():
     rng = np.random.default_rng(0)
     m2, m3, m4 = rng.random((4, 4)) > .3, rng.random((2, 1, 4)) > .3, rng.random((2, 3, 4, 4)) > .3

@@ -108,6 +108,34 @@ def test_stabilisers_keep_features_positive_and_cancel_in_the_output():
     assert np.all(naive == 0)  # negative control: without the shift e^{−‖q‖²/2} underflows to 0
 
 
+def test_features_and_attention_equal_the_google_formula_in_float64():
+    # x̃ = m^{−1/2}(exp(ω·x' − ‖x'‖²/2 − shift) + eps), x' = d^{−1/4}x; shift = max over the features per
+    # query row, over the sequence and features per (batch, head) for keys. eps = 0.3 makes its placement
+    # and the shift's axes visible in the output (a shift cancels exactly only for eps = 0); example 1 is
+    # scaled up so that a shift shared across the batch would differ from the per-(batch, head) one.
+    rng = np.random.default_rng(10)
+    b, t, h, d, m, e, eps = 2, 5, 3, 4, 12, 2, 0.3
+    scale = np.array([1.0, 2.5])[:, None, None, None]
+    q, k = (rng.normal(size=(b, t, h, d)) * scale for _ in range(2))
+    v, proj = rng.normal(size=(b, t, h, e)), rng.normal(size=(m, d))
+    with jax.enable_x64(True):
+        fq, fk, out = jax.jit(lambda q, k, v, proj: (
+            performer_features(q, proj, is_query=True, eps=eps), performer_features(k, proj, is_query=False, eps=eps),
+            performer_attention(q, k, v, projection=proj, eps=eps)))(q, k, v, proj)
+
+    def features(x, axes):
+        xs = x * d ** -0.25
+        log = np.einsum("bthd,md->bthm", xs, proj) - 0.5 * np.sum(xs ** 2, -1, keepdims=True)
+        return (np.exp(log - log.max(axis=axes, keepdims=True)) + eps) / np.sqrt(m)
+
+    ref_q, ref_k = features(q, (3,)), features(k, (1, 3))
+    np.testing.assert_allclose(fq, ref_q, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fk, ref_k, rtol=1e-12, atol=1e-14)
+    a = np.einsum("bthm,bshm->bhts", ref_q, ref_k)
+    ref = np.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_causal_performer_equals_masked_quadratic_form_of_its_features():
     rng = np.random.default_rng(6)
     q, k, v = (jnp.asarray(rng.normal(size=(1, 8, 2, 4)), jnp.float32) for _ in range(3))

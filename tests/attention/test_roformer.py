@@ -106,6 +106,26 @@ def test_forward_matches_float64_transcription_of_the_spec():
                                                                            um)[0][valid], atol=2e-5)
 
 
+def test_deterministic_call_disables_every_dropout_and_the_configured_eps_reaches_every_norm():
+    # ε = 0.5 is comparable to mean(x²) of the embeddings and hidden states, so any norm left at the default
+    # 1e-7 moves the output far beyond the tolerance; dropout 0.3 must vanish when deterministic=True.
+    config = RoFormerV2Config(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24,
+                              dropout_rate=0.3, norm_eps=0.5)
+    ids = jnp.array([[5, 7, 9, 11, 0, 0], [3, 4, 5, 6, 7, 8]])
+    segs = jnp.array([[0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]])
+
+    @nnx.jit
+    def run(ids, segs):  # init and both forward passes in one compilation
+        model = RoFormerV2(config, rngs=nnx.Rngs(1))
+        return model, model(ids, segs, deterministic=True), model(ids, segs, deterministic=False)
+
+    model, evaluated, trained = run(ids, segs)
+    ref = _reference(model, np.asarray(ids), np.asarray(segs))[0]
+    valid = np.asarray(ids) != 0
+    np.testing.assert_allclose(np.asarray(evaluated)[valid], ref[valid], atol=2e-5)
+    assert np.abs(np.asarray(trained)[valid] - ref[valid]).max() > 1e-2  # dropout is active in training
+
+
 def test_alpha_zero_gives_the_norm_of_the_embeddings():
     model = _tiny()
     ids = jnp.array([[5, 7, 9, 11]])

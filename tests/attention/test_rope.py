@@ -53,6 +53,21 @@ def test_equals_explicit_rotation_matrix_is_isometry_and_identity_at_zero(conven
         np.testing.assert_array_equal(at_zero, x)
 
 
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_base_sets_the_frequencies(convention):
+    # θ_i = base^{−2i/k} for a base other than RoFormer's 10000 (e.g. a context-extension base)
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(4)
+        x = jnp.asarray(rng.normal(size=(5, 6)))
+        positions = jnp.asarray(rng.integers(0, 50, size=5))
+        np.testing.assert_allclose(rope_frequencies(6, base=500.0, dtype=jnp.float64),
+                                   500.0 ** (-np.arange(0, 6, 2) / 6), rtol=1e-12)
+        out = apply_rope(x, positions, convention=convention, base=500.0)
+        for ti in range(5):
+            r = _rotation_matrix(float(positions[ti]), 6, convention, base=500.0)
+            np.testing.assert_allclose(out[ti], np.asarray(x[ti]) @ r.T, rtol=1e-10, atol=1e-10)
+
+
 def test_interleaved_matches_bert4keras_formula_and_half_matches_rotate_half():
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
@@ -102,6 +117,18 @@ def test_shared_positions_broadcast_and_low_precision_dtype_is_kept():
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), shared, atol=3e-2)
     np.testing.assert_allclose(rope_frequencies(4), [1.0, 0.01], rtol=1e-6)
+
+
+def test_bfloat16_input_keeps_float32_angles_at_long_positions():
+    # bf16 has 8 significant bits: position 4095 would round to 4096 and the angle p·θ_0 would be off by
+    # radians; the angles must be formed in float32 and only the output rounded to bf16.
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(5, 8)), jnp.bfloat16)
+    positions = jnp.array([3, 257, 1001, 2047, 4095])
+    out = np.asarray(jax.jit(apply_rope)(x, positions), np.float64)
+    x64 = np.asarray(x, np.float64)
+    for ti in range(5):
+        ref = x64[ti] @ _rotation_matrix(float(positions[ti]), 8, "interleaved").T
+        np.testing.assert_allclose(out[ti], ref, atol=3e-2)  # bf16 output rounding (2^-8 relative) plus f32 angles
 
 
 @pytest.mark.parametrize("x, positions, kwargs, match", [
