@@ -82,7 +82,6 @@ def importance_log_likelihood(log_weight_fn, num_samples: int, *, key: jax.Array
     Args:
         log_weight_fn: key -> [b] log weights.
         num_samples: K >= 1 (configs set it in `loss_kwargs`).
-        levels: grey levels when the batch has no 'levels' (256 for MNIST, 17 for digits).
         key: PRNG key.
         chunk_size: samples per chunk; None means all K at once (values above K are clipped to K).
 
@@ -130,7 +129,6 @@ def iwae_log_likelihood(model, x_flat: jax.Array, *, key: jax.Array, num_samples
         x_flat: [b, D].
         key: PRNG key; ε_k = normal(fold_in(key, k), [b, d]).
         num_samples: K >= 1 (configs set it in `loss_kwargs`).
-        levels: grey levels when the batch has no 'levels' (256 for MNIST, 17 for digits).
         chunk_size: samples evaluated together (None: all K); need not divide K.
 
     Returns:

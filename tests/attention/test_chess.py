@@ -122,6 +122,33 @@ def test_generate_games_is_seeded_and_legal():
             pos = xq.make_move(pos, xq.parse_move(pos, mv))
 
 
+def test_greedy_policy_and_game_results():
+    """The material-greedy policy picks among the legal captures of the most valuable piece (every legal move
+    when nothing can be captured), by brute force over the positions of seeded games; a game that stops
+    before `max_plies` ends in a position whose side to move has no legal move and loses (1 = Red won)."""
+    rng = np.random.default_rng(0)
+    results, captures = set(), 0
+    for i in range(12):
+        moves, result = xq.play_game("greedy", "random" if i % 2 else "greedy", rng=rng, max_plies=150)
+        pos = xq.initial_position()
+        for ply, mv in enumerate(moves):
+            legal = xq.legal_moves(pos)
+            if ply % 5 == 0:
+                value = {m: xq.PIECE_VALUES[abs(pos.board[m[1]])] if pos.board[m[1]] else 0.0 for m in legal}
+                best = max(value.values())
+                expected = {m for m in legal if value[m] == best}
+                assert set(xq.greedy_choices(pos, legal)) == expected
+                assert xq.policy_move(pos, "greedy", np.random.default_rng(ply), legal) in expected
+                captures += 0 < best < xq.PIECE_VALUES[xq.KING] and len(expected) < len(legal)
+            pos = xq.make_move(pos, xq.parse_move(pos, mv))
+        if len(moves) < 150:
+            assert not xq.legal_moves(pos) and result == (0.0 if pos.side == 1 else 1.0)
+        else:
+            assert result == 0.5
+        results.add(result)
+    assert results == {0.0, 0.5, 1.0} and captures >= 20, (results, captures)
+
+
 def test_curriculum_schedule():
     """Su's script: 512 // n with n = 8, 4, 2, 1, switching at 20k, 40k, 80k batches."""
     f = lambda s: chess.curriculum_maxlen(s, max_len=512, boundaries=(20000, 40000, 80000))
@@ -156,6 +183,80 @@ def test_batched_cached_scores_equal_full_forward(model):
     logp = np.log(np.maximum(prob / prob.sum(-1, keepdims=True), 1e-8))
     refs = [sum(logp[i, len(q) - 5 + j, q[len(q) - 4 + j]] for j in range(4)) for i, q in enumerate(seqs)]
     np.testing.assert_allclose(np.concatenate(scores), refs, atol=1e-5, rtol=0)
+
+
+def _floored_move_scores(model, hists, cands):
+    """Σ_i log max(p(c_i | h, c_<i), 1e-8) of each candidate by one full forward over the right-padded batch of
+    all [history + move] sequences (causal: padding after a sequence cannot change its logits), softmax in
+    float64; also returns the smallest probability met."""
+    seqs = [xq.encode(h + [mv]) for h, cs in zip(hists, cands) for mv in cs]
+    ids = np.zeros((len(seqs), max(map(len, seqs))), np.int32)
+    for i, q in enumerate(seqs):
+        ids[i, :len(q)] = q
+    logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids)), np.float64)
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    p = np.array([[prob[i, len(q) - 5 + j, q[len(q) - 4 + j]] for j in range(4)] for i, q in enumerate(seqs)])
+    scores = np.log(np.maximum(p, 1e-8)).sum(axis=1)
+    return np.split(scores, np.cumsum([len(c) for c in cands])[:-1]), p.min()
+
+
+def test_choose_moves_is_the_argmax_of_floored_scores_over_legal_moves():
+    """A peaked model (tied embeddings ×60, so some probabilities fall below the 1e-8 floor): the scores of
+    `score_moves` equal the floored full-forward sums (1e-4), and `choose_moves` plays their argmax among
+    the legal moves of each position (taken from `xq.legal_moves`, itself checked against cchess above)."""
+    peaked = GPT(len(xq.VOCAB), 16, 2, 1, 32, rngs=nnx.Rngs(0))
+    peaked.token_embedding.embedding[...] = peaked.token_embedding.embedding[...] * 60.0
+    hists = [["h2e2", "h9g7"], ["b0c2"]]
+    legal = []
+    for h in hists:
+        pos = xq.initial_position()
+        for m in h:
+            pos = xq.make_move(pos, xq.iccs_to_move(m))
+        legal.append([xq.move_to_iccs(m) for m in xq.legal_moves(pos)])
+    refs, p_min = _floored_move_scores(peaked, hists, legal)
+    assert p_min < 1e-9  # the floor binds
+    for got, ref in zip(chess.score_moves(peaked, hists, legal, context=PLAYER_CONTEXT), refs):
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    for mv, moves, ref in zip(chess.choose_moves(peaked, hists, context=PLAYER_CONTEXT), legal, refs):
+        top = np.sort(ref)[::-1]
+        assert top[0] - top[1] > 1e-3  # a clear argmax
+        assert mv == moves[int(np.argmax(ref))]
+
+
+def test_greedy_next_moves_equal_full_forward_argmax():
+    """Unconstrained greedy generation of the next 4 characters equals 4 argmax steps of the full forward
+    after each history; a generated [PAD] is shown as '?' ([PAD]'s tied embedding ×3 makes it likely)."""
+    m = GPT(len(xq.VOCAB), 16, 2, 1, 32, rngs=nnx.Rngs(0))
+    m.token_embedding.embedding[...] = m.token_embedding.embedding[...].at[xq.PAD_ID].multiply(3.0)
+    hists = [["h2e2", "h9g7"], [], ["b0c2"]]
+    full = nnx.jit(lambda m, x: m(x))
+    expected = []
+    for h in hists:
+        ids = list(xq.encode(h))
+        for _ in range(4):  # right-padded to 13 tokens: one compile (causal, so the padding is unseen)
+            logits = np.asarray(full(m, jnp.asarray([ids + [0] * (13 - len(ids))])))[0, len(ids) - 1]
+            ids.append(int(np.argmax(logits)))
+        expected.append("".join(xq.VOCAB[t] if t else "?" for t in ids[-4:]))
+    assert chess.greedy_next_moves(m, hists, context=PLAYER_CONTEXT) == expected
+    assert any("?" in e for e in expected) and any("?" not in e for e in expected)
+
+
+def test_lm_loss_and_encode_games_equal_numpy(model):
+    """encode_games: [START] + the ICCS characters, right-padded, lengths 4·plies + 1; lm_loss: the mean over
+    real positions of the float64 CE of token i + 1 given tokens ≤ i, and the number of predicted tokens."""
+    games = [["h2e2", "h9g7", "b0c2"], ["b0c2"], ["h2e2", "h9g7"]]
+    tok, lengths = chess.encode_games(games, 4)
+    assert tok.shape == (3, 17) and lengths.tolist() == [13, 5, 9]
+    for t, g in zip(tok, games):
+        assert t.tolist() == xq.encode(g).tolist() + [xq.PAD_ID] * (17 - 4 * len(g) - 1)
+    loss, count = nnx.jit(chess.lm_loss)(model, jnp.asarray(tok), jnp.asarray(lengths))
+    logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(tok)), np.float64)  # causal: padding after a row is unseen
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ce = [-logp[r, i, tok[r, i + 1]] for r in range(3) for i in range(lengths[r] - 1)]
+    assert int(count) == len(ce) == 24
+    np.testing.assert_allclose(float(loss), np.mean(ce), rtol=1e-5)
 
 
 def test_player_only_plays_legal_moves(cchess, model):

@@ -69,6 +69,30 @@ def test_top_k_top_p_filter_matches_bruteforce():
         assert set(np.nonzero(o > decoding.NEG_INF / 2)[0]) == set(np.argsort(-row, kind="stable")[:3])
 
 
+def test_filter_exact_ties_and_nucleus_boundary():
+    """Exactly representable probabilities (0.5, 0.25): ties at the k-th value are broken by index (exactly k
+    survive), and the token whose preceding mass equals p exactly is dropped (the nucleus is the smallest
+    set with Σ p ≥ p); both against the brute-force nucleus."""
+    flat = jnp.zeros((1, 4))  # probabilities 1/4 each
+    kept = lambda out: set(np.nonzero(np.asarray(out)[0] > decoding.NEG_INF / 2)[0].tolist())
+    assert kept(decoding.top_k_top_p_filter(flat, top_k=2)) == {0, 1}
+    for logits, p in ((flat, 0.5), (jnp.asarray([[-50.0, 0.0, 0.0]]), 0.5), (flat, 0.75), (flat, 1.0)):
+        assert kept(decoding.top_k_top_p_filter(logits, top_p=p)) == _nucleus_numpy(np.asarray(logits[0]), p)[0]
+    assert _nucleus_numpy(np.zeros(4), 0.5)[0] == {0, 1}
+
+
+def test_top_k_then_top_p_matches_bruteforce():
+    """Both filters together: the nucleus is taken in the top-k distribution renormalised (brute force)."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(50, 9)) * 2
+    for k, p in ((2, 0.5), (4, 0.6), (6, 0.9)):
+        out = np.asarray(decoding.top_k_top_p_filter(jnp.asarray(logits), top_k=k, top_p=p))
+        for row, o in zip(logits, out):
+            top = np.argsort(-row, kind="stable")[:k]
+            keep, _ = _nucleus_numpy(row[top], p)
+            assert set(np.nonzero(o > decoding.NEG_INF / 2)[0]) == {int(top[i]) for i in keep}
+
+
 def test_top_p_samples_only_the_nucleus_with_its_frequencies():
     """20000 draws with a fixed key from a fixed distribution: every draw is in the nucleus (a hard
     check) and each nucleus token's frequency is within 5 standard errors of p_i / Σ_nucleus p."""
@@ -103,11 +127,55 @@ def test_temperature_frequencies():
     assert np.all(np.abs(freq - q) < 5 * np.sqrt(q * (1 - q) / n))
 
 
+def test_sampling_steps_are_independent_draws():
+    """With a constant distribution q, two decoding steps of one row are independent draws: the rate of
+    y_1 = y_2 is Σ q² (within 5 standard errors over 20000 rows), not 1 (one key reused every step)."""
+    logits = jnp.asarray([[1.0, 0.5, 0.0, -1.0]])
+    n = 20000
+    step_fn = lambda c, t: (jnp.broadcast_to(logits[:, None], (t.shape[0], 1, 4)), c)
+    toks, _ = decoding.sample_decode(step_fn, jnp.zeros((n,)), jnp.broadcast_to(logits, (n, 4)),
+                                     key=jax.random.key(2), max_len=2)
+    toks = np.asarray(toks)
+    q = np.asarray(jax.nn.softmax(logits[0]), np.float64)
+    same, rate = (toks[:, 0] == toks[:, 1]).mean(), np.sum(q ** 2)
+    assert abs(same - rate) < 5 * np.sqrt(rate * (1 - rate) / n), (same, rate)
+
+
 def _markov_step(table):
     """A bigram model: next logits depend on the last token only; the cache holds nothing but the batch."""
     def step_fn(cache, tokens):
         return table[tokens[:, -1]][:, None, :], cache
     return step_fn
+
+
+def test_greedy_and_top1_sampling_equal_a_python_loop_with_end_handling():
+    """On a random bigram model, greedy decoding (and sampling restricted to top-1) equals a plain argmax
+    loop in which a row that emitted END keeps emitting END; the length counts tokens up to and including
+    END. The rows are chosen so that some end early and one never ends."""
+    v, t, end = 5, 6, 1
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(v, v)) * 3
+    table[end, end] = -10.0  # after END the model itself would continue: the decoder must freeze the row
+    first = rng.normal(size=(40, v)) * 3
+    ref_toks, ref_len = [], []
+    for row in first:
+        out, logits, length = [], row, t
+        for i in range(t):
+            w = end if out and out[-1] == end else int(np.argmax(logits))
+            out.append(w)
+            logits = table[w]
+            if w == end and length == t:
+                length = i + 1
+        ref_toks.append(out)
+        ref_len.append(length)
+    step = _markov_step(jnp.asarray(table))
+    g, gl = decoding.greedy_decode(step, jnp.zeros((40,)), jnp.asarray(first), max_len=t, end_id=end)
+    s, sl = decoding.sample_decode(step, jnp.zeros((40,)), jnp.asarray(first), key=jax.random.key(0), max_len=t,
+                                   end_id=end, top_k=1)
+    for toks, lens in ((g, gl), (s, sl)):
+        np.testing.assert_array_equal(np.asarray(toks), ref_toks)
+        np.testing.assert_array_equal(np.asarray(lens), ref_len)
+    assert min(ref_len) < t - 1 and max(ref_len) == t and any(end not in r for r in ref_toks), ref_len
 
 
 def test_beam_search_finds_exhaustive_optimum():

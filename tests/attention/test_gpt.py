@@ -30,6 +30,45 @@ def _ids(seed, shape, low=1):
     return jax.random.randint(jax.random.key(seed), shape, low, V)
 
 
+def _explicit_forward(model, x, seg=None, key_mask=None):
+    """logits = Norm(blocks(E_tok[x] + E_seg[s])) E_tokᵀ written out: NumPy embeddings, masks (j ≤ i, or
+    c_j ≤ c_i with c = cumsum(s), and the key mask), the final RMS norm (pre-norm only) and the tied output
+    in float64; only the `TransformerBlock`s (tested in test_transformer.py) come from the library."""
+    emb = np.asarray(model.token_embedding.embedding[...], np.float64)  # [V, d]
+    ids = np.asarray(x)
+    h = emb[ids]  # [b, t, d]
+    t = ids.shape[1]
+    if seg is None:
+        mask = np.broadcast_to(np.tril(np.ones((t, t), bool)), (ids.shape[0], t, t))
+    else:
+        h = h + np.asarray(model.segment_embedding.embedding[...], np.float64)[np.asarray(seg)]
+        c = np.cumsum(np.asarray(seg), axis=1)
+        mask = c[:, None, :] <= c[:, :, None]  # [b, t(query), t(key)]
+    if key_mask is not None:
+        mask = mask & np.asarray(key_mask)[:, None, :]
+
+    @nnx.jit
+    def blocks(m, h, mask):
+        for layer in m.layers:
+            h = layer(h, mask=mask, deterministic=True)
+        return h
+
+    h = np.asarray(blocks(model, jnp.asarray(h, jnp.float32), jnp.asarray(mask)), np.float64)
+    if model.placement == "pre":
+        h = h / np.sqrt(np.mean(h ** 2, axis=-1, keepdims=True) + model.layers[0].norm_eps)
+    return h @ emb.T  # [b, t, V]
+
+
+def test_full_forward_equals_explicit_composition(lm, unilm):
+    """GPT.__call__ against the formula of the module docstring (1e-5): the causal LM with its final norm, and
+    the post-norm UniLM model with segment embeddings, the UniLM mask and a key padding mask."""
+    x = _ids(9, (2, 7))
+    np.testing.assert_allclose(jfull(lm, x), _explicit_forward(lm, x), atol=TOL, rtol=0)
+    seg = jnp.asarray([[0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1]])
+    km = jnp.asarray([[True] * 5 + [False] * 2, [True] * 7])
+    np.testing.assert_allclose(jfull(unilm, x, seg, km), _explicit_forward(unilm, x, seg, km), atol=TOL, rtol=0)
+
+
 def test_incremental_equals_full_causal(lm):
     """Prefill 4 tokens, a 3-token chunk, then single tokens: every position's logits equal the
     full-sequence forward under causal_mask (the reference path is TransformerBlock.__call__)."""

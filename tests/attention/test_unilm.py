@@ -77,6 +77,33 @@ def test_metrics():
     assert unilm.final_score(0.7259005836184343, 0.813860036706151) == pytest.approx(0.7698803101622926)
 
 
+def _f1_by_matching(pred, answer):
+    """Character F1 by greedy one-to-one matching (each answer character used at most once)."""
+    left, common = list(answer), 0
+    for ch in pred:
+        if ch in left:
+            left.remove(ch)
+            common += 1
+    if not pred or not answer or not common:
+        return 0.0
+    return 2 * common / (len(pred) + len(answer))  # = 2PR/(P + R) with P = c/|pred|, R = c/|answer|
+
+
+def test_metrics_bruteforce_over_several_answers():
+    """EM and F1 are maxima over the reference answers (the best one may come last), F1 counts repeated
+    characters as a multiset; against one-to-one matching on random token lists."""
+    assert unilm.exact_match("ab", ["xy", "AB"]) == 1.0
+    assert unilm.exact_match("ab", ["xy", "abc"]) == 0.0
+    assert unilm.char_f1("aa", ["aa"]) == 1.0  # a set intersection would give 0.5
+    np.testing.assert_allclose(unilm.char_f1("abcd", ["zzz", "abxy"]), 0.5)
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        pred = rng.integers(0, 4, size=rng.integers(0, 6)).tolist()
+        answers = [rng.integers(0, 4, size=rng.integers(0, 6)).tolist() for _ in range(rng.integers(1, 4))]
+        assert unilm.char_f1(pred, answers) == pytest.approx(max(_f1_by_matching(pred, a) for a in answers))
+        assert unilm.exact_match(pred, answers) == float(bool(pred) and any(pred == a for a in answers))
+
+
 def test_no_answer_metrics_bruteforce():
     """Against a hand count by a plain loop, on random labels, plus the degenerate always-empty model."""
     rng = np.random.default_rng(4)
@@ -147,6 +174,104 @@ def test_training_layout_segments():
     n = int((tok[0] != 0).sum())
     assert tok[0, n - 1] == qa.SEP and seg[0, n - 1] == 1 and seg[0, 0] == 0
     assert int(seg[0].sum()) in (1, 2, 3, 4, 5)
+
+
+def test_training_layout_bruteforce():
+    """Each row is [CLS] P [SEP] Q [SEP] A [SEP] + padding for one of its passages P (found by matching the
+    tokens), with A the answer when P holds the key and empty otherwise; segment 1 on exactly A [SEP]."""
+    data = qa.make_dataset(40, seed=8, num_keys=10, num_words=30, passage_len=(8, 14), num_facts=(1, 2))
+    tok, seg = qa.encode_training(data, length=30, rng=np.random.default_rng(1))
+    kinds = set()
+    for ex, t, s in zip(data, tok, seg):
+        rs = [r for r, p in enumerate(ex["passages"]) if t[1:1 + len(p)].tolist() == p.tolist()
+              and t[1 + len(p)] == qa.SEP]
+        assert rs, t
+        r = rs[0]
+        src = [qa.CLS] + ex["passages"][r].tolist() + [qa.SEP] + ex["question"].tolist() + [qa.SEP]
+        tgt = (ex["answer"].tolist() if ex["has_key"][r] else []) + [qa.SEP]
+        assert t.tolist() == src + tgt + [qa.PAD] * (30 - len(src) - len(tgt))
+        assert s.tolist() == [0] * len(src) + [1] * len(tgt) + [0] * (30 - len(src) - len(tgt))
+        kinds.add((bool(ex["has_key"][r]), ex["answer"].size > 0))
+    assert kinds == {(True, True), (False, True), (False, False)}  # answered, other passage, unanswerable
+
+
+def _seq2seq_reference(model, tok, seg):
+    """bert4keras' seq2seq loss by hand: each row alone, unpadded, through the full forward; float64
+    log-softmax; CE of token i + 1 at position i weighted by segment i + 1; the weighted mean."""
+    full = nnx.jit(lambda m, x, s: m(x, s))
+    total = weight = 0.0
+    for t, s in zip(tok, seg):
+        n = int(np.nonzero(t)[0][-1]) + 1
+        logits = np.asarray(full(model, jnp.asarray(t[None, :n]), jnp.asarray(s[None, :n])), np.float64)[0]
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        for i in range(n - 1):
+            total -= s[i + 1] * logp[i, t[i + 1]]
+            weight += s[i + 1]
+    return total / weight
+
+
+def test_seq2seq_loss_equals_unpadded_bruteforce(model):
+    """The loss on a right-padded batch equals the per-row unpadded computation (rtol 1e-5): padding
+    masked as keys, targets shifted by one, weights on target positions only."""
+    data = qa.make_dataset(3, seed=9, num_keys=10, num_words=30, passage_len=(8, 14), num_facts=(1, 2))
+    tok, seg = qa.encode_training(data, length=30, rng=np.random.default_rng(2))
+    assert (tok == qa.PAD).any(axis=1).all()
+    got = float(jax.jit(unilm.seq2seq_loss)(model, jnp.asarray(tok), jnp.asarray(seg)))
+    np.testing.assert_allclose(got, _seq2seq_reference(model, tok, seg), rtol=1e-5)
+
+
+def _reference_answers(model, data, *, max_answer, length):
+    """Greedy (beam 1) extractive vote decoding written out: every passage's [CLS] P [SEP] Q [SEP] + prefix
+    (segment 1 on the prefix) through the full forward; step 0 drops passages whose argmax is [SEP] (all
+    dropped: empty answer); p̄ = Σ p² / (1 + Σ p) over the survivors; tokens that do not extend the
+    prefix to an n-gram of a surviving passage (brute-force substring search) get p̄ = 0; stop at [SEP]."""
+    full = nnx.jit(lambda m, x, s, km: m(x, s, key_mask=km))
+    out, dropped = [], []
+    for ex in data:
+        srcs = [qa.source_ids(p, ex["question"]) for p in ex["passages"]]
+
+        def next_probs(prefix):
+            x, s, km = (np.zeros((len(srcs), length), d) for d in (np.int32, np.int32, bool))
+            for r, src in enumerate(srcs):
+                seq = np.concatenate([src, prefix]).astype(np.int32)
+                x[r, :len(seq)], s[r, len(src):len(seq)], km[r, :len(seq)] = seq, 1, True
+            lg = np.asarray(full(model, jnp.asarray(x), jnp.asarray(s), jnp.asarray(km)), np.float64)
+            last = np.array([lg[r, len(src) + len(prefix) - 1] for r, src in enumerate(srcs)])
+            p = np.exp(last - last.max(-1, keepdims=True))
+            return p / p.sum(-1, keepdims=True)
+
+        p0 = next_probs([])
+        alive = [r for r in range(len(srcs)) if np.argmax(p0[r]) != qa.SEP]
+        dropped.append(len(srcs) - len(alive))
+        prefix = []
+        for step in range(max_answer if alive else 0):
+            p = (p0 if step == 0 else next_probs(prefix))[alive]
+            pbar = (p ** 2).sum(0) / (1 + p.sum(0))
+            allowed = {qa.SEP}
+            for r in alive:
+                P, n = ex["passages"][r].tolist(), len(prefix)
+                allowed |= {P[i + n] for i in range(len(P) - n) if P[i:i + n] == prefix}
+            w = int(np.argmax(np.where(np.isin(np.arange(pbar.size), sorted(allowed)), pbar, 0.0)))
+            if w == qa.SEP:
+                break
+            prefix.append(w)
+        out.append(prefix)
+    return out, dropped
+
+
+def test_answer_questions_equals_bruteforce_vote_decoding():
+    """`answer_questions` (beam 1, extractive, KV cache) equals the written-out decoding on 8 questions.
+    [SEP]'s tied embedding is scaled ×3.3 so that step 0 drops some passages (and every passage of one
+    question), exercising the no-answer path; some answers are longer than one token."""
+    model = GPT(qa.FIRST_WORD + 30, 16, 2, 1, 32, type_vocab_size=2, rngs=nnx.Rngs(0))
+    model.token_embedding.embedding[...] = model.token_embedding.embedding[...].at[qa.SEP].multiply(3.3)
+    data = qa.make_dataset(8, seed=7, num_keys=10, num_words=30, passage_len=(8, 14), num_facts=(1, 2),
+                           value_len=(1, 3))
+    ref, dropped = _reference_answers(model, data, max_answer=4, length=28)
+    got = unilm.answer_questions(model, data, source_len=24, max_answer=4, beam_size=1, batch=8)
+    assert [a.tolist() for a in got] == ref
+    assert 3 in dropped and any(0 < d < 3 for d in dropped) and max(len(a) for a in ref) >= 2, (dropped, ref)
 
 
 @pytest.mark.parametrize("make, message", [

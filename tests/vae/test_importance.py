@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
+import scipy.stats
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
@@ -130,6 +131,50 @@ def test_iwae_loss_is_the_negated_batch_mean_of_the_k_sample_bound():
     np.testing.assert_allclose(float(loss), -float(jnp.mean(bound)), rtol=1e-6)
     np.testing.assert_allclose(float(aux['kl_nats']), float(vae_aux['kl_nats']), rtol=1e-6)
     np.testing.assert_allclose(float(aux['neg_elbo_nats']), float(aux['recon_nats'] + aux['kl_nats']), rtol=1e-6)
+
+
+def test_iwae_loss_and_its_aux_equal_numpy():
+    """Every output of `iwae_loss` from the documented draws (u = uniform(key_u), ε_k = normal(fold_in(key_z, k)))
+    in NumPy/scipy float64: the K-sample bound, recon_nats = mean over b and k of −log q(x|z_k), the analytic
+    KL and neg_elbo = recon + KL (rtol 1e-5)."""
+    model = _tiny_vae('gaussian')
+    model.decoder.log_scale[...] = jnp.asarray(-0.7)  # make σ̃ matter
+    k_samples, levels = 6, 17
+    image = np.random.default_rng(5).integers(0, levels, size=(3, 2, 3, 1)).astype(np.uint8)
+    key = jax.random.key(9)
+    loss, aux = jax.jit(lambda m, im: I.iwae_loss(m, {'image': im, 'levels': levels}, key=key,
+                                                  num_samples=k_samples))(model, jnp.asarray(image))
+
+    def lin(layer, h):
+        return h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...], np.float64)
+
+    def mlp(trunk, h):
+        for layer in trunk.layers:
+            h = np.maximum(lin(layer, h), 0.0)
+        return h
+
+    key_u, key_z = jax.random.split(key)
+    y = (image.reshape(3, 6) + np.asarray(jax.random.uniform(key_u, (3, 6)), np.float64)) / levels
+    h = mlp(model.encoder.trunk, y)
+    mean, log_var = lin(model.encoder.mean, h), lin(model.encoder.log_var, h)
+    log_lik, log_w = [], []
+    for k in range(k_samples):
+        eps = np.asarray(jax.random.normal(jax.random.fold_in(key_z, k), (3, 2)), np.float64)
+        z = mean + np.exp(0.5 * log_var) * eps
+        mu = lin(model.decoder.mean, mlp(model.decoder.trunk, z))
+        ll = scipy.stats.norm.logpdf(y, mu, math.exp(-0.7)).sum(axis=1)
+        log_lik.append(ll)
+        log_w.append(ll + scipy.stats.norm.logpdf(z).sum(axis=1)
+                     - scipy.stats.norm.logpdf(z, mean, np.exp(0.5 * log_var)).sum(axis=1))
+    log_lik, log_w = np.array(log_lik), np.array(log_w)  # [K, b]
+    bound = scipy.special.logsumexp(log_w, axis=0) - math.log(k_samples)
+    kl = 0.5 * np.sum(mean ** 2 + np.exp(log_var) - log_var - 1.0, axis=1)
+    assert np.ptp(log_lik, axis=0).min() > 1e-2  # the K samples differ, so averaging over k matters
+    np.testing.assert_allclose(float(loss), -bound.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux['neg_iwae_nats']), -bound.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux['recon_nats']), -log_lik.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux['kl_nats']), kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux['neg_elbo_nats']), kl.mean() - log_lik.mean(), rtol=1e-5)
 
 
 def test_iwae_gradient_matches_central_finite_differences():

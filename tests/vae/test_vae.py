@@ -327,6 +327,56 @@ def test_gaussian_dequantized_loss_equals_numpy():
     np.testing.assert_allclose(float(loss), float(aux['recon_nats'] + aux['kl_nats']), rtol=1e-6)
 
 
+def _numpy_decoder_mean(model, z):
+    """E[x|z] of the decoder in NumPy float64: sigmoid(ℓ) ('bernoulli') or μ̃ ('gaussian')."""
+    def lin(layer, h):
+        return h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...], np.float64)
+
+    h = z
+    for layer in model.decoder.trunk.layers:
+        h = np.maximum(lin(layer, h), 0.0)
+    if model.likelihood == 'bernoulli':
+        return 1.0 / (1.0 + np.exp(-lin(model.decoder.logits, h)))
+    return lin(model.decoder.mean, h)
+
+
+@pytest.mark.parametrize('likelihood', ['bernoulli', 'gaussian'])
+def test_sample_and_reconstruct_equal_numpy_decoder_means(likelihood):
+    """`sample`: decoder means at z = normal(key, [n, d]) ~ q(z) = N(0, I); `reconstruct`: decoder means at
+    z = μ(x) + σ(x) ⊙ normal(key, [b, d]) ~ p(z|x) (one draw, not z = μ). NumPy float64 reference, 1e-5."""
+    model = V.VAE(data_shape=(2, 3), latent_dim=2, hidden=5, likelihood=likelihood, rngs=nnx.Rngs(4))
+    key = jax.random.key(13)
+    samples = np.asarray(model.sample(4, key=key), np.float64)
+    z = np.asarray(jax.random.normal(key, (4, 2)), np.float64)
+    assert samples.shape == (4, 2, 3)
+    np.testing.assert_allclose(samples.reshape(4, 6), _numpy_decoder_mean(model, z), rtol=1e-5, atol=1e-6)
+
+    x = np.random.default_rng(14).uniform(size=(3, 2, 3))
+    recon = np.asarray(model.reconstruct(jnp.asarray(x, jnp.float32), key=key), np.float64)
+    eps = np.asarray(jax.random.normal(key, (3, 2), jnp.float32), np.float64)
+    h = x.reshape(3, 6)
+    for layer in model.encoder.trunk.layers:
+        h = np.maximum(h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...], np.float64), 0.0)
+    mean = h @ np.asarray(model.encoder.mean.kernel[...], np.float64) + np.asarray(model.encoder.mean.bias[...])
+    log_var = h @ np.asarray(model.encoder.log_var.kernel[...], np.float64) + np.asarray(model.encoder.log_var.bias[...])
+    expected = _numpy_decoder_mean(model, mean + np.exp(0.5 * log_var) * eps)
+    assert np.abs(expected - _numpy_decoder_mean(model, mean)).max() > 1e-3  # the draw matters
+    np.testing.assert_allclose(recon.reshape(3, 6), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('scale', [0.25, 2.0])
+def test_fixed_decoder_scale_is_the_standard_deviation(scale):
+    """decoder_scale = σ̃ (a float) gives log q(x|z) = Σ log N(x; μ̃(z), σ̃²) (scipy, rtol 1e-5) and no parameter."""
+    model = V.VAE(data_shape=(5,), latent_dim=2, hidden=4, likelihood='gaussian', decoder_scale=scale,
+                  rngs=nnx.Rngs(5))
+    assert model.decoder.log_scale is None
+    rng = np.random.default_rng(15)
+    x, z = rng.uniform(size=(3, 5)), rng.normal(size=(3, 2))
+    got = model.log_likelihood(jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32))
+    expected = scipy.stats.norm.logpdf(x, _numpy_decoder_mean(model, z), scale).sum(axis=1)
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-5)
+
+
 def test_loss_does_not_recompile_across_keys():
     model = V.VAE(data_shape=(4,), latent_dim=2, hidden=3, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
@@ -378,6 +428,34 @@ def test_evaluate_matches_quadrature_and_writes_figures(likelihood, tmp_path):
         assert 'test/nll_iwae_bpd' not in results
     for name in ('samples.png', 'reconstructions.png'):
         assert matplotlib.image.imread(os.path.join(tmp_path, name)).ndim == 3
+
+
+def _quadrature_nll(model, x):
+    """−mean log q(x) with q(x) = ∫ q(x|z) N(z; 0, 1) dz by a Riemann sum on [−10, 10] (latent_dim = 1)."""
+    z = jnp.linspace(-10.0, 10.0, 8001)
+    log_lik = jax.vmap(lambda zi: model.log_likelihood(x, jnp.full((x.shape[0], 1), zi)))(z)  # [grid, n]
+    log_px = scipy.special.logsumexp(np.asarray(log_lik, np.float64) + scipy.stats.norm.logpdf(np.asarray(z))[:, None],
+                                     axis=0) + math.log(float(z[1] - z[0]))
+    return -np.mean(log_px)
+
+
+def test_evaluate_scores_the_fixed_preprocessing_whatever_the_key():
+    """With an evaluation key other than key(EVAL_PREPROCESS_SEED), the test points are still binarised with
+    the fixed key: the K-sample NLL matches the quadrature NLL of those points (0.2 nats), and binarising
+    with the evaluation key instead would be 10 times further off (decoder biases ~ N(0, 3²) make every
+    flipped pixel cost nats)."""
+    levels, n = 5, 3
+    model = V.VAE(data_shape=(4, 6, 1), latent_dim=1, hidden=8, likelihood='bernoulli', rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(12)
+    model.decoder.logits.bias[...] = jnp.asarray(rng.normal(scale=3.0, size=24), jnp.float32)
+    images = rng.integers(0, levels, size=(n, 4, 6, 1)).astype(np.uint8)
+    key = jax.random.key(7)
+    results = V.evaluate(model, types.SimpleNamespace(arrays={'image': images}, levels=levels), key=key,
+                         workdir=None, config={'eval_num_samples': 100, 'eval_batch_size': n})
+    fixed = _quadrature_nll(model, V.binarize(jnp.asarray(images), levels, key=jax.random.key(V.EVAL_PREPROCESS_SEED)))
+    other = _quadrature_nll(model, V.binarize(jnp.asarray(images), levels, key=key))
+    assert abs(results['test/nll_iwae_nats'] - fixed) < 0.2, (results, fixed)
+    assert abs(other - fixed) > 2.0, (other, fixed)
 
 
 # ----------------------------------------------------------------------------------------------------
