@@ -311,11 +311,11 @@ def resumable_loop(config, params, opt_state, train_step, make_batch, *, rep, bs
     workdir restores the latest one and replays `make_batch` up to it, so the resumed run (and the rng
     after it) is bit-identical to an uninterrupted one. The losses are checked at every checkpoint (and
     every 16 steps): a NaN or infinite loss raises `NonFiniteError` naming the step, before anything is
-    saved, so the last good checkpoint is kept. `writer` defaults to `workdir/metrics.jsonl`.
+    saved, so the last good checkpoint is kept; so do parameters that the last update made non-finite. `writer` defaults to `workdir/metrics.jsonl`.
     Returns (params, per-step losses)."""
     from kexue_jax.core import checkpoint as ckpt_lib
     from kexue_jax.core import metrics as metrics_lib
-    from kexue_jax.core.train import NonFiniteError, _restore_matching
+    from kexue_jax.core.train import NonFiniteError, _check_params_finite, _restore_matching
 
     def check_finite(fetched):
         bad = [i for i, v in sorted(fetched.items()) if not np.isfinite(v)]
@@ -358,6 +358,7 @@ def resumable_loop(config, params, opt_state, train_step, make_batch, *, rep, bs
                     history[i] = v
                 losses = {}
             if checkpointer is not None and (done % ckpt_every == 0 or done == num_steps):
+                _check_params_finite(params, done)
                 checkpointer.save(done, dict(params=params, opt_state=opt_state,
                                              losses=jax.device_put(history, rep)))
     finally:

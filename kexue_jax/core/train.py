@@ -317,10 +317,10 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.asarray(True)
 
 
-def _check_params_finite(state: TrainState, step: int) -> None:
-    """Before a checkpoint: the update of `step` can make the parameters NaN/inf while every logged loss (computed
-    before it) was finite; saving them would replace a good checkpoint with a bad one."""
-    if not bool(_all_finite((state.params, state.ema_params))):
+def _check_params_finite(params: Any, step: int) -> None:
+    """Before a checkpoint: the update of `step` can make the parameters (any pytree) NaN/inf while every logged
+    loss (computed before it) was finite; saving them would replace a good checkpoint with a bad one."""
+    if not bool(_all_finite(params)):
         raise NonFiniteError(
             f"the parameters became non-finite in the update of step {step} (its loss was finite); training "
             f"stopped before checkpointing them and the last good checkpoint was kept (lower `learning_rate`, "
@@ -425,7 +425,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                     writer.write(done, {f"train/{k}": v for k, v in last_metrics.items()})
                     window = []
                 if done % ckpt_every == 0 or done == num_steps:
-                    _check_params_finite(state, done)
+                    _check_params_finite((state.params, state.ema_params), done)
                     _save_window(workdir, done, window, keep=checkpointer.all_steps())
                     checkpointer.save(done, state)
             if config.get("eval_every") and done % config.eval_every == 0 and done != num_steps:

@@ -381,6 +381,28 @@ def test_nan_loss_stops_training_names_the_step_and_keeps_the_last_good_checkpoi
     np.testing.assert_array_equal(losses, np.arange(1, 9, dtype=np.float32))
 
 
+def test_parameters_made_non_finite_with_a_finite_loss_are_never_checkpointed(tmp_path):
+    """The 6th update (opt_state 5) makes the parameters NaN while its loss (computed before it) is finite: the
+    run stops at checkpoint 6 naming that update, and nothing poisoned is on disk (before, checkpoint 6 held NaN
+    parameters and the NaN loss of step 7 said that the last good checkpoint was kept)."""
+    from kexue_jax.core import sharding
+    from kexue_jax.core.train import NonFiniteError
+
+    c = ml_collections.ConfigDict(dict(num_steps=8, checkpoint_every=2, log_every=100))
+    mesh = sharding.make_mesh(dict(data=-1))
+    rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+    def train_step(params, opt_state, x):  # the loss reads the parameters before the update, as a real step
+        loss = jnp.mean(x) + jnp.sum(params)
+        return params + jnp.where(opt_state == 5, jnp.nan, 1.0), opt_state + 1, loss
+
+    make_batch = lambda step: (dict(x=np.full((8,), step + 1.0, np.float32)), {})  # noqa: E731
+    with pytest.raises(NonFiniteError, match=r"^the parameters became non-finite in the update of step 6 "):
+        chess.resumable_loop(c, jnp.zeros(3), jnp.int32(0), train_step, make_batch, rep=rep, bsh=bsh,
+                             workdir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
 def test_cosine_learning_rate_schedule_closed_form():
     """Linear warm-up (2% of the steps by default, or `warmup_steps`) to the peak, then ½(1 + cos(π·progress))
     from the peak down to 10%; 'constant' = the optional warm-up, then the peak."""
