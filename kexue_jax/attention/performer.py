@@ -12,20 +12,24 @@ chi(d)-distributed norms ('chi', Google's ortho_scaling=0) or norm √d ('sqrt_d
 
 As in google-research `nonnegative_softmax_kernel_feature_creator`: the data are scaled by d^{−1/4}
 (folding softmax's 1/√d into q and k), a max is subtracted before exp (per query row; per (batch, head)
-over the sequence and the features for keys), and eps is added to every feature. The subtracted maxima
+over the sequence and the features for keys, non-causally: causal mode below), and eps is added to every
+feature. The subtracted maxima
 cancel in the normalised output (Su's lesson 1). Departures: (1) the max is taken of ω·x − ‖x‖²/2, not
 of ω·x alone, so a query of large norm no longer underflows to all-zero features (for a query this drops
 the e^{−‖q‖²/2} factor entirely, exactly as Su's lesson 1 allows); (2) Google takes the key max over the
 whole array, batch included, which couples the examples of a batch; here it is per (batch, head). Projections are drawn from explicit keys: redraw per call by passing a fresh key
 (e.g. fold_in(key, step)), or every N steps with `performer_redraw_key`.
 
-Known limit of this stabiliser in causal mode (as in Google's code, kept as the spec prescribes): the key
-max is taken over the whole sequence and eps is added after it, so a later key whose log-feature exceeds the
-earlier ones by ≳ −log(eps) ≈ 14 shrinks their features to the size of eps and changes earlier outputs (review
-2026-11-23: one later key 17 above the rest moved outputs 0–6 by up to 1.70, with |output| ≈ 0.56; with
-eps = 0 by 3.6e-7, but then a gap past float32's exp range, ≈ 87, underflows earlier features to 0). Causal
-training on data with such gaps needs a running-max (online-softmax style) rescaling of the prefix sums,
-which this module does not implement. `linear.linear_attention(feature_map='exp')` shares the limit in float32.
+Causal mode uses no whole-sequence key max: key j, as seen by query i ≥ j, is shifted by the running max
+R_i = max_{j' ≤ i, r} (ω_r·k̂_{j'} − ‖k̂_{j'}‖²/2) per (batch, head), i.e. k̃_j = m^{−1/2}(exp(L_j − R_i) + eps)
+with eps still added after the shift. That is Google's formula applied to the prefix k[:i+1] alone, so causal
+output i equals the non-causal `performer_attention` on (q_i, k[:i+1], v[:i+1]) (same projection and eps)
+and a later key can never change an earlier output. (With the whole-sequence max, eps added after it made a
+later key ≳ −log(eps) ≈ 14 above the earlier ones shrink their features to eps: review 2026-11-23, one later
+key 17 above moved outputs 0–6 by up to 1.70 with |output| ≈ 0.56.) The prefix sums are rescaled
+online-softmax style with factors exp(R_j − R_i) ≤ 1 (`linear.causal_attention_from_log_features`); the
+eps part is eps·(Σ_r q̃_ir)·Σ_{j ≤ i} v_j. Non-causal mode keeps Google's whole-sequence (per (batch, head))
+max, which `performer_features(is_query=False)` computes.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kexue_jax.attention.linear import check_chunk_size, linear_attention_from_features
+from kexue_jax.attention.linear import (causal_attention_from_log_features, check_chunk_size,
+                                        linear_attention_from_features)
 
 __all__ = ["performer_projection", "performer_features", "performer_attention", "performer_redraw_key",
            "SCALINGS"]
@@ -80,6 +85,15 @@ def performer_projection(key: jax.Array, num_features: int, dim: int, *, orthogo
     return directions * norms[:, None]
 
 
+def _log_features(x: jax.Array, projection: jax.Array, *, normalize: bool) -> jax.Array:
+    """ω·x − ‖x‖²/2 [b, t, h, m] with x ← x·d^{−1/4} if `normalize` (the log of √m·x̃ before any shift)."""
+    if normalize:
+        x = x * (x.shape[-1] ** -0.25)
+    dash = jnp.einsum("bthd,md->bthm", x, projection.astype(x.dtype))  # [b, t, h, m]
+    half_sq_norm = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)  # [b, t, h, 1]
+    return dash - half_sq_norm
+
+
 def performer_features(x: jax.Array, projection: jax.Array, *, is_query: bool, eps: float = 1e-6,
                        normalize: bool = True, stabilize: bool = True) -> jax.Array:
     """FAVOR+ features x̃ = m^{−1/2}(exp(ω·x − ‖x‖²/2 − shift) + eps) with x ← x·d^{−1/4} if `normalize`,
@@ -108,12 +122,8 @@ def performer_features(x: jax.Array, projection: jax.Array, *, is_query: bool, e
         raise ValueError(f"`projection` must have shape [m, {x.shape[-1]}]; got shape {projection.shape}")
     if not eps >= 0:
         raise ValueError(f"`eps` must be >= 0; got {eps!r}")
-    d, m = x.shape[-1], projection.shape[0]
-    if normalize:
-        x = x * (d ** -0.25)
-    dash = jnp.einsum("bthd,md->bthm", x, projection.astype(x.dtype))  # [b, t, h, m]
-    half_sq_norm = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)  # [b, t, h, 1]
-    log_features = dash - half_sq_norm  # [b, t, h, m]
+    m = projection.shape[0]
+    log_features = _log_features(x, projection, normalize=normalize)  # [b, t, h, m]
     if stabilize:
         axes = (-1,) if is_query else (1, 3)
         log_features = log_features - jax.lax.stop_gradient(jnp.max(log_features, axis=axes, keepdims=True))
@@ -134,7 +144,8 @@ def performer_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key: jax.Ar
       projection: ω [m, d] to use instead of `key` (exactly one of the two).
       num_features, orthogonal, scaling: the projection drawn from `key` (defaults: Google's 256,
         orthogonal, chi norms).
-      causal, chunk_size: as in `linear_attention`.
+      causal, chunk_size: as in `linear_attention`; causal keys are shifted by the running max (module
+        docstring), so output i equals the non-causal call on (q_i, k[:i+1], v[:i+1]).
       eps: the feature stabiliser.
 
     Returns:
@@ -153,11 +164,16 @@ def performer_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key: jax.Ar
     if (key is None) == (projection is None):
         raise ValueError(f"`key` or `projection` must be given (exactly one); got key={key is not None}, "
                          f"projection={projection is not None}")
-    check_chunk_size(q.shape[1], k.shape[1], causal=causal, chunk_size=chunk_size)
+    chunk_size = check_chunk_size(q.shape[1], k.shape[1], causal=causal, chunk_size=chunk_size)
     if projection is None:
         projection = performer_projection(key, num_features, q.shape[-1], orthogonal=orthogonal,
                                           scaling=scaling, dtype=jnp.promote_types(q.dtype, jnp.float32))
     phi_q = performer_features(q, projection, is_query=True, eps=eps)
+    if causal:
+        # Key features with the running max over j ≤ i as query i's shift: Google's formula on each prefix.
+        return causal_attention_from_log_features(phi_q, _log_features(k, projection, normalize=True), v,
+                                                  chunk_size=chunk_size, eps=eps,
+                                                  scale=projection.shape[0] ** -0.5)
     phi_k = performer_features(k, projection, is_query=False, eps=eps)
     return linear_attention_from_features(phi_q, phi_k, v, causal=causal, chunk_size=chunk_size)
 

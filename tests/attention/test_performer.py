@@ -1,6 +1,6 @@
 """FAVOR+: E[q̃·k̃] = e^{q·k} and the relative MSE equals the closed form (e^{‖q+k‖²} − 1)/m (slope −1);
 orthogonal blocks are orthogonal, sign-corrected (Haar) and chi-scaled; the stabilisers cancel; the
-google-research unit-test thresholds hold."""
+google-research unit-test thresholds hold; causal output i equals the non-causal formula on the prefix."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,6 +184,109 @@ def test_redraw_key_is_constant_within_a_period():
     np.testing.assert_array_equal(data(0), data(9))
     assert not np.array_equal(data(9), data(10))
     np.testing.assert_array_equal(data(10), jax.random.key_data(jax.random.fold_in(base, 1)))
+
+
+# Causal mode: key j's shift is the running max R_i of the log-features over j ≤ i and the features, so
+# causal output i is the non-causal formula (Google's) on the prefix (q_i, k[:i+1], v[:i+1]), eps included,
+# and a later key can never change an earlier output (with the whole-sequence max and eps added after it, one
+# later key 17 above moved earlier outputs by O(1): review 2026-11-23).
+
+def _log_features(x, proj):
+    xs = x * x.shape[-1] ** -0.25
+    return np.einsum("bthd,md->bthm", xs, proj) - 0.5 * np.sum(xs ** 2, -1, keepdims=True)
+
+
+def _with_log_feature(k, proj, pos, target):
+    """k with key `pos` (every example and head) replaced by one whose largest log-feature is `target`
+    (feature 0, whose projection row is the longest)."""
+    w = proj[0]
+    norm = np.linalg.norm(w)
+    assert np.all(np.linalg.norm(proj[1:], axis=-1) < norm) and 2 * target <= norm ** 2
+    beta = norm - np.sqrt(norm ** 2 - 2 * target)  # β‖ω_0‖ − β²/2 = target for x̂ = β ω_0/‖ω_0‖
+    k = k.copy()
+    k[:, pos] = beta * w / norm * k.shape[-1] ** 0.25
+    return k
+
+
+def _gap_data(seed, t=8, d=4, m=8, e=3):
+    rng = np.random.default_rng(seed)
+    q, k = (0.5 * rng.normal(size=(2, t, 2, d)) for _ in range(2))
+    v, proj = rng.normal(size=(2, t, 2, e)), rng.normal(size=(m, d))
+    proj[0] *= 8 / np.linalg.norm(proj[0])  # max_x of its log-feature is ‖ω_0‖²/2 = 32
+    return q, k, v, proj
+
+
+def _prefix_oracle(q, k, v, proj, eps):
+    """Causal output i as the non-causal `performer_attention` on (q[:, i], k[:, :i+1], v[:, :i+1])."""
+    return jnp.concatenate([performer_attention(q[:, i:i + 1], k[:, :i + 1], v[:, :i + 1], projection=proj, eps=eps)
+                            for i in range(q.shape[1])], axis=1)
+
+
+# Jitted once per shape, dtype, eps and chunk size, shared by the tests below (compilation dominates).
+_oracle = jax.jit(_prefix_oracle, static_argnames="eps")
+_causal = jax.jit(lambda q, k, v, proj, *, eps=1e-6, chunk: performer_attention(
+    q, k, v, projection=proj, eps=eps, causal=True, chunk_size=chunk), static_argnames=("eps", "chunk"))
+
+
+@pytest.mark.parametrize("eps, gap, chunks", [(1e-6, 17.0, (1, 2, 4, 8)), (0.3, 3.0, (1, 2, 8))])
+def test_causal_output_i_equals_the_non_causal_formula_on_the_prefix(eps, gap, chunks):
+    q, k, v, proj = _gap_data(12)
+    k = _with_log_feature(k, proj, 5, _log_features(k[:, :5], proj).max() + gap)
+    with jax.enable_x64(True):
+        ref = np.asarray(_oracle(q, k, v, proj, eps=eps))
+        outs = [_causal(q, k, v, proj, eps=eps, chunk=c) for c in chunks]
+    for chunk, out in zip(chunks, outs):
+        assert out.dtype == jnp.float64
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12, err_msg=f"chunk {chunk}")
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_causal_outputs_ignore_a_much_larger_later_key(dtype, atol):
+    # The review's case: one last key 17 above the rest (eps = 1e-6) moved outputs 0–6 by up to 1.7.
+    q, k, v, proj = _gap_data(13)
+    k_big = _with_log_feature(k, proj, 7, _log_features(k, proj).max() + 17.0)
+    rng = np.random.default_rng(14)
+    k_rand, v_rand = k.copy(), v.copy()
+    k_rand[:, 5:], v_rand[:, 5:] = 0.5 * rng.normal(size=k[:, 5:].shape), rng.normal(size=v[:, 5:].shape)
+    with jax.enable_x64(True):
+        q, proj = jnp.asarray(q, dtype), jnp.asarray(proj, dtype)
+        for chunk in (1, 4):
+            base, big, rand = (np.asarray(_causal(q, jnp.asarray(kk, dtype), jnp.asarray(vv, dtype), proj, eps=1e-6,
+                                                  chunk=chunk))
+                               for kk, vv in ((k, v), (k_big, v), (k_rand, v_rand)))
+            assert base.dtype == dtype and np.all(np.isfinite(big))
+            np.testing.assert_allclose(big[:, :7], base[:, :7], rtol=0, atol=atol, err_msg=f"chunk {chunk}")
+            np.testing.assert_allclose(rand[:, :5], base[:, :5], rtol=0, atol=atol, err_msg=f"chunk {chunk}")
+
+
+def test_causal_equals_the_whole_sequence_shift_when_the_first_key_holds_the_max():
+    # R_i is then the whole-sequence max for every i: the previous causal formula (features with one key
+    # shift per (batch, head), eps = 0.3 added after it, masked quadratic form), written out in float64.
+    q, k, v, proj = _gap_data(15)
+    k = _with_log_feature(k, proj, 0, _log_features(k, proj).max() + 1.0)
+    eps, m = 0.3, proj.shape[0]
+    lq, lk = _log_features(q, proj), _log_features(k, proj)
+    fq = (np.exp(lq - lq.max(-1, keepdims=True)) + eps) / np.sqrt(m)
+    fk = (np.exp(lk - lk.max(axis=(1, 3), keepdims=True)) + eps) / np.sqrt(m)
+    a = np.einsum("bthm,bshm->bhts", fq, fk) * np.tril(np.ones((8, 8)))
+    ref = np.einsum("bhts,bshe->bthe", a / a.sum(-1, keepdims=True), v)
+    with jax.enable_x64(True):
+        for chunk in (1, 2, 8):
+            np.testing.assert_allclose(_causal(q, k, v, proj, eps=eps, chunk=chunk), ref, rtol=1e-12, atol=1e-13)
+
+
+def test_causal_gradients_equal_the_prefix_oracle_gradients():
+    q, k, v, proj = _gap_data(16, t=4)
+    k = _with_log_feature(k, proj, 2, _log_features(k[:, :2], proj).max() + 17.0)
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.cos(f(q, k, v)))
+    with jax.enable_x64(True):
+        g_ref, g = jax.jit(lambda q, k, v, proj: (
+            jax.grad(loss(lambda q, k, v: _prefix_oracle(q, k, v, proj, 1e-6)), argnums=(0, 1, 2))(q, k, v),
+            jax.grad(loss(lambda q, k, v: performer_attention(q, k, v, projection=proj, causal=True, chunk_size=2)),
+                     argnums=(0, 1, 2))(q, k, v)))(q, k, v, proj)
+    for name, a, b in zip("qkv", g, g_ref):
+        assert np.all(np.isfinite(a)), name
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10, err_msg=name)
 
 
 _X = jnp.zeros((1, 4, 2, 8))
