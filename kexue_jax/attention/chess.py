@@ -311,7 +311,8 @@ def resumable_loop(config, params, opt_state, train_step, make_batch, *, rep, bs
     workdir restores the latest one and replays `make_batch` up to it, so the resumed run (and the rng
     after it) is bit-identical to an uninterrupted one. The losses are checked at every checkpoint (and
     every 16 steps): a NaN or infinite loss raises `NonFiniteError` naming the step, before anything is
-    saved, so the last good checkpoint is kept; so do parameters that the last update made non-finite. `writer` defaults to `workdir/metrics.jsonl`.
+    saved, so the last good checkpoint is kept (parameters that an update made non-finite, with a finite
+    loss, are refused the same way before each save). `writer` defaults to `workdir/metrics.jsonl`.
     Returns (params, per-step losses)."""
     from kexue_jax.core import checkpoint as ckpt_lib
     from kexue_jax.core import metrics as metrics_lib
