@@ -84,6 +84,26 @@ def test_orthogonal_projection_blocks_norms_and_haar_signs():
     assert np.all(q_plain[:, 0, 0] > 0) or np.all(q_plain[:, 0, 0] < 0)
 
 
+def test_orthogonal_blocks_are_the_positive_diagonal_qr_factor_of_their_gaussian():
+    # The documented construction, draw for draw: block b's rows are Qᵀ for the unique QR factorisation
+    # G_b = Q R with diag(R) > 0 of the Gaussian G_b = normal(split(key)[0], [blocks, d, d])[b]. Computed here
+    # by NumPy's QR in float64 with Q's columns flipped to make diag(R) positive; unique, so LAPACK's own sign
+    # choices cancel. Flipping Q's rows instead (the statistical Haar checks above cannot tell) fails here.
+    d, m = 5, 12  # two full blocks and a partial one
+    key = jax.random.key(21)
+    proj = np.asarray(performer_projection(key, m, d, scaling="sqrt_dim"), np.float64)
+    gauss = np.asarray(jax.random.normal(jax.random.split(key)[0], (3, d, d), jnp.float32), np.float64)
+    rows = []
+    for g in gauss:
+        q, r = np.linalg.qr(g)
+        q = q * np.sign(np.diag(r))[None, :]
+        np.testing.assert_allclose(q @ (q.T @ g), g, atol=1e-12)
+        assert np.all(np.diag(q.T @ g) > 0)
+        rows.append(q.T)
+    expected = np.concatenate(rows)[:m] * np.sqrt(d)
+    np.testing.assert_allclose(proj, expected, atol=2e-5)
+
+
 def test_stabilisers_keep_features_positive_and_cancel_in_the_output():
     rng = np.random.default_rng(4)
     q = jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32)
